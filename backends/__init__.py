@@ -1,0 +1,1 @@
+"""Backends that turn a model (analytic or neural) into an ε-prediction function eps_fn(x, t)."""

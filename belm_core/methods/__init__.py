@@ -1,0 +1,41 @@
+"""Sampling methods and their registry.
+
+Every method declares `order` (convergence order), `nfe_per_step` (model calls per
+step), `k` (states in an inverted latent) and `exact` (exact inversion).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .base import Carry, LinearMultistep, Method, Stability
+from .bdia import BDIA
+from .belm import BELM
+from .ddim import DDIM
+from .edict import EDICT
+from .obelm import OBELM
+
+__all__ = ["Method", "LinearMultistep", "Carry", "Stability", "DDIM", "BDIA", "EDICT", "OBELM", "BELM",
+           "METHODS", "get_method"]
+
+#: name → factory with the default parameters
+METHODS: dict[str, Callable[[], Method]] = {
+    "ddim": DDIM,
+    "bdia": BDIA,
+    "edict": EDICT,
+    "o-belm": OBELM,
+    "belm3": BELM.stable,
+}
+
+
+def get_method(method: str | Method) -> Method:
+    """A Method from a registered name (case-insensitive) or a Method instance."""
+    if isinstance(method, Method):
+        return method
+    if isinstance(method, str):
+        key = method.strip().lower().replace("_", "-")
+        key = {"obelm": "o-belm", "belm-3": "belm3"}.get(key, key)
+        if key in METHODS:
+            return METHODS[key]()
+        raise ValueError(f"method={method!r} is not a known method; choose one of {sorted(METHODS)} or pass a Method instance")
+    raise TypeError(f"method must be a name or a belm_core Method, got {type(method).__name__}")

@@ -1,0 +1,58 @@
+"""BDIA (Zhang et al., ECCV 2024) as a 2-step member of the BELM family (paper eq. 24).
+
+In bar form, with γ' = γ α_{i+1}/α_{i−1} (MATH.md §6):
+
+    x̄_{i−1} = γ' x̄_{i+1} + (1 − γ') x̄_i − (h_i + γ' h_{i+1}) ε(x_i, t_i)
+
+i.e. a_{i,1} = 1 − γ', a_{i,2} = γ', b_{i,1} = −(h_i + γ' h_{i+1})/h_i. In x-space the
+coefficient of x_{i+1} is γ itself, so the inverse divides by γ every step: the
+round-off amplification is γ^{−N}. γ = 0 is DDIM; any γ ≠ 0 is exactly invertible.
+First order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..grid import Grid
+from .base import LinearMultistep, Stability
+
+
+class BDIA(LinearMultistep):
+    """BDIA with mixing γ (default 1.0)."""
+
+    name = "bdia"
+    k = 2
+    order = 1
+
+    def __init__(self, gamma: float = 1.0):
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma):
+            raise ValueError(f"gamma={gamma!r} must be a finite real number (BDIA uses γ in (0, 1])")
+        self.gamma = float(gamma)
+
+    def signature(self) -> str:
+        return f"bdia(gamma={self.gamma!r})"
+
+    def check_invertible(self) -> None:
+        if self.gamma == 0.0:
+            raise ValueError("gamma=0.0 makes BDIA plain DDIM, which has no exact inverse; use gamma in (0, 1]")
+
+    def bar_table(self, grid: Grid):
+        a = np.full((grid.N + 1, 2), np.nan)
+        b = np.full((grid.N + 1, 2), np.nan)
+        if grid.N >= 2:
+            g = self.gamma * grid.alpha[2:] / grid.alpha[:-2]  # γ' for rows i = 1 … N−1
+            h_i, h_ip1 = grid.h[1:-1], grid.h[2:]
+            a[1:-1, 0] = 1.0 - g
+            a[1:-1, 1] = g
+            b[1:-1, 0] = -(h_i + g * h_ip1) / h_i
+            b[1:-1, 1] = 0.0
+        return a, b
+
+    def stability(self):
+        # equal steps, α ratio → 1: ρ(ζ) = ζ² − (1−γ)ζ − γ = (ζ − 1)(ζ + γ)
+        roots = np.array([1.0, -self.gamma])
+        stable_sampling = abs(self.gamma) < 1.0 or self.gamma == 1.0  # γ = −1 would make ζ = 1 a double root
+        return Stability(sampling=stable_sampling, inverse=abs(self.gamma) >= 1.0 and stable_sampling, roots=roots)

@@ -1,0 +1,36 @@
+"""DDIM (Song et al. 2021): the k = 1 member, x̄_{i−1} = x̄_i − h_i ε(x_i, t_i) (MATH.md §2).
+
+Its inversion x̄_i ≈ x̄_{i−1} + h_i ε(x_{i−1}, t_i) evaluates ε at the point it starts
+from, so sample(invert(x_0)) ≠ x_0: the O(h) baseline the exact methods are measured
+against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..grid import Grid
+from .base import LinearMultistep
+
+
+def ddim_bar_table(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """a_{i,1} = 1, b_{i,1} = −1 for i = 1 … N."""
+    a = np.full((grid.N + 1, 1), np.nan)
+    b = np.full((grid.N + 1, 1), np.nan)
+    a[1:], b[1:] = 1.0, -1.0
+    return a, b
+
+
+class DDIM(LinearMultistep):
+    """Deterministic DDIM; its `invert` is the usual inexact DDIM inversion."""
+
+    name = "ddim"
+    k = 1
+    order = 1
+    exact = False
+
+    def bar_table(self, grid):
+        return ddim_bar_table(grid)
+
+    def amplification(self, plan, until):
+        return 1.0

@@ -1,0 +1,57 @@
+"""O-BELM: the LTE-optimal 2-step BELM (paper Prop. 4, eq. 18–19; MATH.md §4).
+
+    a_{i,1} = (h_{i+1}² − h_i²)/h_{i+1}²,  a_{i,2} = h_i²/h_{i+1}²,  b_{i,1} = −(h_i + h_{i+1})/h_{i+1}
+
+Second order, exactly invertible, stable in both directions (ρ = (ζ−1)(ζ+1) for equal
+steps: the leapfrog rule x̄_{i−1} = x̄_{i+1} − 2h ε(x_i)).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..grid import Grid
+from .base import LinearMultistep, Stability
+from .ddim import DDIM
+
+
+def obelm_bar_table(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 18 coefficients for every row i = 1 … N−1 (h_i, h_{i+1} > 0 read from the grid)."""
+    a = np.full((grid.N + 1, 2), np.nan)
+    b = np.full((grid.N + 1, 2), np.nan)
+    if grid.N >= 2:
+        h_i, h_ip1 = grid.h[1:-1], grid.h[2:]
+        r2 = (h_i / h_ip1) ** 2
+        a[1:-1, 0] = 1.0 - r2
+        a[1:-1, 1] = r2
+        b[1:-1, 0] = -(h_i + h_ip1) / h_ip1
+        b[1:-1, 1] = 0.0
+    return a, b
+
+
+class OBELM(LinearMultistep):
+    """O-BELM (k = 2, order 2, 1 NFE per step)."""
+
+    name = "o-belm"
+    k = 2
+    order = 2
+
+    def bar_table(self, grid):
+        return obelm_bar_table(grid)
+
+    def stability(self):
+        return Stability(sampling=True, inverse=True, roots=np.array([1.0, -1.0]))
+
+
+def startup_ladder(k: int) -> list[LinearMultistep]:
+    """Start-up methods with 1 … k states: DDIM, O-BELM, then LTE-optimal BELM-m.
+
+    Each is used for a single step while a k-step method builds its history, so the
+    instability of LTE-optimal m ≥ 3 relations never compounds.
+    """
+    ladder: list[LinearMultistep] = [DDIM(), OBELM()]
+    if k > 2:
+        from .belm import BELM
+
+        ladder += [BELM(m) for m in range(3, k + 1)]
+    return ladder[:k]

@@ -1,0 +1,124 @@
+"""The general k-step linear recurrence and its exact inverse (MATH.md §3).
+
+In bar form (x̄ = x/α, h_i = σ̄_i − σ̄_{i−1}), one step of a k-step method is
+
+    x̄_{i−1} = Σ_{j=1..k} a_{i,j} x̄_{i−1+j} + Σ_{j=1..k} b_{i,j} h_{i−1+j} ε(x_{i−1+j}, t_{i−1+j}).
+
+BELM methods have b_{i,k} = 0 (ε is never evaluated at either end), so the same
+relation solved for the far end is the exact inverse step
+
+    x̄_{i−1+k} = (x̄_{i−1} − Σ_{j<k} a_{i,j} x̄_{i−1+j} − Σ_{j<k} b_{i,j} h_{i−1+j} ε_{i−1+j}) / a_{i,k}.
+
+DDIM is the k = 1 member with a = (1,), b = (−1,): b_{i,k} ≠ 0, so it has no exact
+inverse.
+
+The state is stored in x-space. Multiplying the relation by α_{i−1} gives the x-space
+coefficients used here, evaluated once per grid in float64:
+
+    c_{i,j} = a_{i,j} α_{i−1} / α_{i−1+j},      d_{i,j} = b_{i,j} h_{i−1+j} α_{i−1},
+    x_{i−1} = Σ_j c_{i,j} x_{i−1+j} + Σ_j d_{i,j} ε_{i−1+j}.
+
+`step` and `inverse_step` act on arrays only through `+` and multiplication by Python
+floats, so they run unchanged on NumPy arrays and torch tensors on any device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .grid import Grid
+
+__all__ = ["Table", "x_space_table", "step", "inverse_step", "linear_combination"]
+
+
+@dataclass(frozen=True, eq=False)
+class Table:
+    """x-space coefficients of a k-step relation on one grid.
+
+    c[i, j−1] = c_{i,j} and d[i, j−1] = d_{i,j} for grid rows i where the relation is
+    defined (1 ≤ i, i−1+k ≤ N); other rows are NaN.
+    """
+
+    k: int
+    c: np.ndarray  # (N+1, k)
+    d: np.ndarray  # (N+1, k)
+
+    @property
+    def exact(self) -> bool:
+        """The relation is invertible: ε never at the far end (d_{i,k} = 0) and c_{i,k} ≠ 0."""
+        rows = self.rows()
+        return bool(np.all(self.d[rows, -1] == 0) and np.all(self.c[rows, -1] != 0))
+
+    def rows(self) -> np.ndarray:
+        """Grid indices i where the relation is defined."""
+        return np.flatnonzero(np.isfinite(self.c[:, 0]))
+
+    def eps_slots(self, i: int) -> tuple[int, ...]:
+        """The j (1-based) whose ε_{i−1+j} the step at row i needs."""
+        return tuple(j + 1 for j in range(self.k) if self.d[i, j] != 0)
+
+    def coefficients(self, i: int) -> tuple[list[float], list[float]]:
+        """(c_{i,1..k}, d_{i,1..k}) as Python floats for row i."""
+        if not np.isfinite(self.c[i, 0]):
+            raise IndexError(f"the {self.k}-step relation is not defined at grid index {i}")
+        return self.c[i].tolist(), self.d[i].tolist()
+
+
+def x_space_table(a: np.ndarray, b: np.ndarray, grid: Grid) -> Table:
+    """Carry bar-space coefficients a, b (shape (N+1, k), row i) to x-space on `grid`."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    n1, k = a.shape
+    if b.shape != (n1, k) or n1 != grid.N + 1:
+        raise ValueError(f"coefficient tables must have shape ({grid.N + 1}, k); got a {a.shape}, b {b.shape}")
+    c = np.full_like(a, np.nan)
+    d = np.full_like(b, np.nan)
+    rows = np.arange(1, grid.N - k + 2)  # need i ≥ 1 and i − 1 + k ≤ N
+    if rows.size:
+        j = np.arange(1, k + 1)
+        far = rows[:, None] - 1 + j[None, :]  # grid index i − 1 + j
+        alpha_near = grid.alpha[rows - 1][:, None]
+        c[rows] = a[rows] * alpha_near / grid.alpha[far]
+        d[rows] = b[rows] * grid.h[far] * alpha_near
+    return Table(k=k, c=c, d=d)
+
+
+def linear_combination(coefficients: Sequence[float], arrays: Sequence[Any]) -> Any:
+    """Σ_m coefficients[m] · arrays[m], skipping zero coefficients (uses only + and scalar *)."""
+    total = None
+    for w, x in zip(coefficients, arrays):
+        if w == 0.0:
+            continue
+        term = w * x
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("linear_combination needs at least one non-zero coefficient")
+    return total
+
+
+def step(table: Table, i: int, xs: Sequence[Any], eps: Sequence[Any]) -> Any:
+    """x_{i−1} = Σ_j c_{i,j} x_{i−1+j} + Σ_j d_{i,j} ε_{i−1+j}.
+
+    `xs[j−1]` is x_{i−1+j} and `eps[j−1]` is ε_{i−1+j} (None where d_{i,j} = 0).
+    """
+    c, d = table.coefficients(i)
+    used = [(w, e) for w, e in zip(d, eps) if w != 0.0]
+    return linear_combination(c + [w for w, _ in used], list(xs) + [e for _, e in used])
+
+
+def inverse_step(table: Table, i: int, x_near: Any, xs_inner: Sequence[Any], eps: Sequence[Any]) -> Any:
+    """x_{i−1+k} = (x_{i−1} − Σ_{j<k} c_{i,j} x_{i−1+j} − Σ_{j<k} d_{i,j} ε_{i−1+j}) / c_{i,k}.
+
+    `x_near` is x_{i−1}; `xs_inner[j−1]` is x_{i−1+j} and `eps[j−1]` is ε_{i−1+j} for j < k.
+    Exact only when d_{i,k} = 0.
+    """
+    c, d = table.coefficients(i)
+    if d[-1] != 0.0:
+        raise ValueError(f"the relation at grid index {i} evaluates ε at its far end; it has no exact inverse")
+    inv = 1.0 / c[-1]
+    weights = [inv] + [-w * inv for w in c[:-1]]
+    used = [(-w * inv, e) for w, e in zip(d[:-1], eps) if w != 0.0]
+    return linear_combination(weights + [w for w, _ in used], [x_near, *xs_inner] + [e for _, e in used])

@@ -1,0 +1,42 @@
+"""Shared test helpers: problems, grids and error measures (not a test module)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from backends.analytic import AnalyticEps, GaussianMixture
+
+
+def held_out_mixture(event_shape=(4,), seed=1234) -> GaussianMixture:
+    """A mixture the library's defaults never see (own seed, uneven weights)."""
+    rng = np.random.default_rng(seed)
+    K = 4
+    means = rng.normal(scale=1.5, size=(K, *event_shape))
+    variances = rng.uniform(0.05, 0.4, size=(K,))
+    weights = rng.uniform(0.5, 2.0, size=K)
+    return GaussianMixture(means, variances, weights)
+
+
+def irregular_timesteps(schedule, N: int, seed: int = 0, jitter: float = 0.3) -> np.ndarray:
+    """N model times, noisiest first, uniform in log-SNR but each interior node jittered
+    by up to ±jitter of a step: an irregular grid whose steps still shrink like 1/N."""
+    rng = np.random.default_rng(seed * 100003 + N)
+    j = np.arange(N, dtype=np.float64)
+    u = (j + jitter * rng.uniform(-1, 1, N) * ((j > 0) & (j < N - 1))) / (N - 1)
+    lam_noisy, lam_clean = schedule.log_snr(schedule.t_max), schedule.log_snr(schedule.t_min)
+    lam = lam_noisy + u * (lam_clean - lam_noisy)
+    return schedule.t_from_sigma_bar(np.exp(-lam))
+
+
+def mse(a, b) -> float:
+    a = np.asarray(a.detach().cpu().double() if hasattr(a, "detach") else a, dtype=np.float64)
+    b = np.asarray(b.detach().cpu().double() if hasattr(b, "detach") else b, dtype=np.float64)
+    return float(np.mean((a - b) ** 2))
+
+
+def empirical_order(ns, errors) -> float:
+    """Slope of −log(error) against log(N) by least squares (diffrax-style)."""
+    return float(-np.polyfit(np.log(ns), np.log(errors), 1)[0])
+
+
+__all__ = ["AnalyticEps", "held_out_mixture", "irregular_timesteps", "mse", "empirical_order"]

@@ -1,0 +1,120 @@
+"""Schedules and time grids: agreement with diffusers, inverses, and bad input."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from belm_core import VE, CosineVP, DiscreteVP, LinearVP, Solver, make_grid
+
+diffusers = pytest.importorskip("diffusers")
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+@pytest.mark.parametrize("steps", [1, 7, 10, 50, 333, 1000])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_timesteps_identical_to_diffusers_ddim(spacing, steps, offset):
+    ref = diffusers.DDIMScheduler(timestep_spacing=spacing, steps_offset=offset)
+    ref.set_timesteps(steps)
+    ours = DiscreteVP.scaled_linear(steps_offset=offset).timesteps(steps, spacing)
+    np.testing.assert_array_equal(ours, ref.timesteps.numpy())
+
+
+@pytest.mark.parametrize("steps", range(1, 1001))
+def test_trailing_grid_has_exactly_steps_points(steps):
+    # diffusers' trailing grid gains a spurious timestep −1 for 62 step counts (61, 103, …):
+    # ours keeps exactly `steps` points and equals diffusers' first `steps` points everywhere
+    ref = diffusers.DDIMScheduler(timestep_spacing="trailing")
+    ref.set_timesteps(steps)
+    ours = DiscreteVP.scaled_linear().timesteps(steps, "trailing")
+    assert ours.size == steps and ours.min() >= 0
+    np.testing.assert_array_equal(ours, ref.timesteps.numpy()[:steps])
+
+
+@pytest.mark.parametrize(
+    "ctor, name",
+    [(DiscreteVP.linear, "linear"), (DiscreteVP.scaled_linear, "scaled_linear"), (DiscreteVP.cosine, "squaredcos_cap_v2")],
+)
+def test_alphas_cumprod_match_diffusers(ctor, name):
+    kwargs = {} if name == "squaredcos_cap_v2" else {
+        "beta_start": 1e-4 if name == "linear" else 0.00085, "beta_end": 0.02 if name == "linear" else 0.012}
+    ref = diffusers.DDIMScheduler(beta_schedule=name, **kwargs).alphas_cumprod.double().numpy()
+    ours = ctor().alphas_cumprod
+    # diffusers accumulates in float32; we accumulate in float64
+    np.testing.assert_allclose(ours, ref, rtol=2e-5, atol=1e-7)
+
+
+def test_from_betas_is_cumulative_product():
+    betas = np.linspace(0.001, 0.3, 50)
+    s = DiscreteVP.from_betas(betas)
+    np.testing.assert_allclose(s.alphas_cumprod, np.cumprod(1 - betas), rtol=1e-13)
+    np.testing.assert_allclose(s.alpha(10) ** 2 + s.sigma(10) ** 2, 1.0, rtol=1e-14)
+
+
+SCHEDULES = [DiscreteVP.scaled_linear(), DiscreteVP.linear(), DiscreteVP.cosine(), LinearVP(), CosineVP(), VE()]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: repr(s))
+@settings(max_examples=30, deadline=None)
+@given(u=st.floats(0.0, 1.0))
+def test_t_from_sigma_bar_inverts_sigma_bar(schedule, u):
+    t = schedule.t_min + u * (schedule.t_max - schedule.t_min)
+    back = schedule.t_from_sigma_bar(schedule.sigma_bar(t))
+    assert abs(back - t) <= 1e-7 * max(1.0, abs(t))
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: repr(s))
+def test_grid_ends_at_clean_state_with_positive_steps(schedule):
+    for spacing in schedule.spacings:
+        g = Solver(schedule, steps=12, method="ddim", spacing=spacing).grid
+        assert g.N == 12 and g.alpha[0] == 1.0 and g.sigma_bar[0] == 0.0
+        assert np.all(g.h[1:] > 0)
+        np.testing.assert_allclose(g.alpha[1:], schedule.alpha(g.timesteps[::-1]))
+        assert g.t(g.N) == g.timesteps[0] and g.t(1) == g.timesteps[-1]
+        assert isinstance(g.t(1), int if schedule.discrete else float)
+
+
+def test_logsnr_and_karras_grids():
+    s = LinearVP()
+    t = s.timesteps(20, "logsnr")
+    lam = s.log_snr(t)
+    np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=1e-9)
+    np.testing.assert_allclose([t[0], t[-1]], [s.t_max, s.t_min], rtol=1e-9)
+    ve = VE(0.002, 80.0)
+    sig = ve.timesteps(10, "karras")
+    ramp = np.linspace(0, 1, 10)
+    expect = (80 ** (1 / 7) + ramp * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    np.testing.assert_allclose(sig, expect, rtol=1e-12)
+    np.testing.assert_array_equal(ve.sigma(sig), sig)
+    np.testing.assert_array_equal(ve.alpha(sig), 1.0)
+
+
+@pytest.mark.parametrize(
+    "timesteps, match",
+    [
+        ([500, 600, 100], "strictly decreasing"),
+        ([500, 500, 100], "duplicate"),
+        ([1200, 500, 100], "outside the schedule's range"),
+        ([500, -3], "outside the schedule's range"),
+        ([500.5, 100], "integers"),
+        ([500, np.nan], "finite"),
+        ([], "non-empty"),
+    ],
+)
+def test_bad_timesteps(timesteps, match):
+    with pytest.raises(ValueError, match=match):
+        make_grid(DiscreteVP.scaled_linear(), np.array(timesteps, dtype=float))
+
+
+def test_bad_spacing_and_steps():
+    s = DiscreteVP.scaled_linear()
+    with pytest.raises(ValueError, match="spacing='karras'.*linspace"):
+        s.timesteps(10, "karras")
+    with pytest.raises(ValueError, match="steps=0"):
+        s.timesteps(0)
+    with pytest.raises(ValueError, match="exceeds"):
+        s.timesteps(1001)
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        DiscreteVP([0.9, 0.5, 0.0])
+    with pytest.raises(ValueError, match="beta_0"):
+        LinearVP(beta_0=5, beta_1=1)
