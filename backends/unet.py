@@ -1,0 +1,568 @@
+"""Diffusers backend: a UNet (pixel DDPM/DDIM or Stable Diffusion) as `eps_fn(x, t)`.
+
+`UNetEps` wraps a diffusers `UNet2DModel` or `UNet2DConditionModel` into the ε-prediction
+function `belm_core` solvers call. The model output is converted to ε with α_t, σ_t of
+the schedule (float64):
+
+    "epsilon":       ε = ε_θ(x_t, t)
+    "v_prediction":  ε = σ_t x_t + α_t v_θ(x_t, t)            (v = α_t ε − σ_t x_0)
+    "sample":        ε = (x_t − α_t x̂_0(x_t, t)) / σ_t          (x_0-prediction)
+
+and classifier-free guidance is ε = ε_u + g (ε_c − ε_u), with the unconditional and the
+conditional branch in ONE batched UNet call (MATH.md §7).
+
+Precision (MATH.md §8): the solver state x stays in its own dtype (float64 by default);
+only the UNet runs in the model's dtype (fp16/bf16 on CUDA, fp32 on CPU). The
+conversion above is done in x's dtype, from the float64 x and the upcast model output.
+
+Determinism: exact reconstruction needs ε to be a function of (x, t) bit for bit. The
+UNet runs under `torch.no_grad()` in eval mode (no dropout), on a contiguous copy of x
+(the same memory layout for every call: a channels-last input picks other conv kernels
+whose rounding differs, measured here as a 1e-17 → 7e-11 loss of exactness) and with
+the same batch layout; on CUDA, cuDNN autotuning (`torch.backends.cudnn.benchmark`) can pick a
+different convolution kernel between calls and should stay off (its default).
+
+`load_pipeline(path_or_id)` loads a diffusers pipeline folder component by component
+and returns a `Pipeline` with the schedule, ε-functions for prompts, and VAE encode/decode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+
+from belm_core.schedules import DiscreteVP
+
+__all__ = ["UNetEps", "Pipeline", "load_pipeline", "schedule_from_config", "resolve_device", "resolve_dtype"]
+
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """A torch dtype from a name or dtype; None gives float16 on CUDA and float32 elsewhere."""
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype={dtype!r} is not a floating dtype; choose one of float32, float16, bfloat16")
+        return dtype
+    key = str(dtype).strip().lower().replace("torch.", "")
+    if key not in _DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not known; choose one of float32, float16, bfloat16 (or float64)")
+    return _DTYPES[key]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """A torch device; None gives cuda when available, else cpu. An unavailable CUDA device is a ValueError."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a torch device ({err})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for, but CUDA is not available here; use device='cpu'")
+    return dev
+
+
+# ---------------------------------------------------------------------------------
+# The ε-function
+# ---------------------------------------------------------------------------------
+class UNetEps:
+    """ε(x, t) of a diffusers UNet, for `belm_core.Solver`.
+
+    Args:
+        unet: a `UNet2DModel` (unconditional) or `UNet2DConditionModel`. Put into eval
+            mode (dropout off) when it is in training mode.
+        schedule: the `DiscreteVP` (or any belm_core schedule) giving α_t, σ_t.
+        prediction_type: what the UNet predicts: "epsilon", "v_prediction" or "sample" (x_0).
+        encoder_hidden_states: (1 or B, L, D) conditional prompt embeddings
+            (UNet2DConditionModel only; required there).
+        negative_encoder_hidden_states: (1 or B, L, D) unconditional/negative embeddings
+            for classifier-free guidance.
+        guidance_scale: g in ε = ε_u + g (ε_c − ε_u). g = 1 runs the conditional branch
+            alone; any other g needs `negative_encoder_hidden_states`.
+        model_dtype: dtype the UNet input is cast to; default the UNet's parameter dtype
+            (giving another one is a ValueError: cast the UNet itself with `unet.to(dtype)`).
+
+    Calling `eps(x, t)` with x a tensor (B, C, H, W) of any float dtype and device and t a
+    model time returns ε with x's dtype and device. Outputs with twice the input channels
+    (learned variance, e.g. guided diffusion) keep the first half.
+    """
+
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        schedule,
+        *,
+        prediction_type: PredictionType = "epsilon",
+        encoder_hidden_states: torch.Tensor | None = None,
+        negative_encoder_hidden_states: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        model_dtype: torch.dtype | str | None = None,
+    ):
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type={prediction_type!r} is not known; choose one of {list(PREDICTION_TYPES)}")
+        self.conditional = _is_conditional(unet)
+        if not self.conditional and (encoder_hidden_states is not None or negative_encoder_hidden_states is not None):
+            raise ValueError(
+                f"encoder_hidden_states/negative_encoder_hidden_states (prompt embeddings) were given, but "
+                f"{type(unet).__name__} is unconditional and takes no prompt"
+            )
+        if self.conditional and encoder_hidden_states is None:
+            raise ValueError(
+                f"encoder_hidden_states is required for a {type(unet).__name__} (use the empty prompt's "
+                "embeddings for unconditional sampling)"
+            )
+        try:
+            g = float(guidance_scale)
+        except (TypeError, ValueError):
+            raise ValueError(f"guidance_scale={guidance_scale!r} must be a real number") from None
+        if not math.isfinite(g):
+            raise ValueError(f"guidance_scale={guidance_scale!r} must be finite")
+        if g != 1.0 and not self.conditional:
+            raise ValueError(f"guidance_scale={g} needs a conditional UNet; {type(unet).__name__} takes no prompt")
+        if g != 1.0 and negative_encoder_hidden_states is None:
+            raise ValueError(
+                f"guidance_scale={g} ≠ 1 needs negative_encoder_hidden_states (the unconditional or negative "
+                "prompt's embeddings) for ε = ε_u + g (ε_c − ε_u)"
+            )
+        param = next(unet.parameters())
+        dtype = param.dtype if model_dtype is None else resolve_dtype(model_dtype, param.device)
+        if dtype != param.dtype:
+            raise ValueError(
+                f"model_dtype={dtype} differs from the UNet's parameter dtype {param.dtype}; cast the UNet with "
+                f"unet.to({dtype}) instead"
+            )
+        if unet.training:
+            unet.eval()
+        self.unet = unet
+        self.schedule = schedule
+        self.prediction_type = prediction_type
+        self.guidance_scale = g
+        self.model_dtype = dtype
+        self.device = param.device
+        self.cond = None if encoder_hidden_states is None else encoder_hidden_states.to(self.device, dtype)
+        self.uncond = (
+            None if negative_encoder_hidden_states is None else negative_encoder_hidden_states.to(self.device, dtype)
+        )
+        if self.cond is not None and self.uncond is not None and self.cond.shape[1:] != self.uncond.shape[1:]:
+            raise ValueError(
+                f"negative_encoder_hidden_states has shape {tuple(self.uncond.shape)}, incompatible with "
+                f"encoder_hidden_states {tuple(self.cond.shape)} (they must agree after the batch dimension)"
+            )
+        self.guided = g != 1.0
+
+    def __repr__(self) -> str:
+        return (
+            f"UNetEps({type(self.unet).__name__}, prediction_type={self.prediction_type!r}, "
+            f"guidance_scale={self.guidance_scale}, model_dtype={self.model_dtype}, device={self.device})"
+        )
+
+    @staticmethod
+    def _expand(emb: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+        if emb.shape[0] == batch:
+            return emb
+        if emb.shape[0] == 1:
+            return emb.expand(batch, *emb.shape[1:])
+        raise ValueError(f"{name} has batch size {emb.shape[0]}; expected 1 or the batch size of x ({batch})")
+
+    def model_output(self, x: torch.Tensor, t) -> torch.Tensor:
+        """The raw UNet output at (x, t) (guidance applied), in the model dtype and device."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch tensor, got {type(x).__name__}")
+        batch = x.shape[0]
+        # contiguous: a conv kernel chosen for another memory layout (e.g. channels-last strides
+        # of a permuted image) rounds differently, which breaks bit-for-bit determinism
+        xm = x.to(device=self.device, dtype=self.model_dtype, memory_format=torch.contiguous_format)
+        with torch.no_grad():
+            if not self.conditional:
+                out = self._unet(xm, t, None)
+            elif not self.guided:
+                out = self._unet(xm, t, self._expand(self.cond, batch, "encoder_hidden_states"))
+            else:
+                emb = torch.cat(
+                    [
+                        self._expand(self.uncond, batch, "negative_encoder_hidden_states"),
+                        self._expand(self.cond, batch, "encoder_hidden_states"),
+                    ]
+                )
+                out_u, out_c = self._unet(torch.cat([xm, xm]), t, emb).chunk(2)
+                out = out_u + self.guidance_scale * (out_c - out_u)
+        return out
+
+    def _unet(self, xm: torch.Tensor, t, emb: torch.Tensor | None) -> torch.Tensor:
+        timestep = torch.full((xm.shape[0],), int(round(float(t))), dtype=torch.long, device=self.device)
+        if emb is None:
+            out = self.unet(xm, timestep).sample
+        else:
+            out = self.unet(xm, timestep, encoder_hidden_states=emb).sample
+        if out.shape[1] == 2 * xm.shape[1]:  # learned variance: keep the mean prediction
+            out = out[:, : xm.shape[1]]
+        return out
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        """ε(x, t) in x's dtype and device (conversion from v / x_0 in that dtype)."""
+        out = self.model_output(x, t).to(device=x.device, dtype=x.dtype)
+        if self.prediction_type == "epsilon":
+            return out
+        alpha = float(self.schedule.alpha(t))
+        sigma = float(self.schedule.sigma(t))
+        if self.prediction_type == "v_prediction":
+            return sigma * x + alpha * out  # ε = σ_t x_t + α_t v
+        return (x - alpha * out) / sigma  # ε = (x_t − α_t x̂_0) / σ_t
+
+
+def _is_conditional(unet) -> bool:
+    """True for a UNet that takes encoder_hidden_states (UNet2DConditionModel and kin)."""
+    config = getattr(unet, "config", {})
+    return "cross_attention_dim" in config or type(unet).__name__ == "UNet2DConditionModel"
+
+
+# ---------------------------------------------------------------------------------
+# Schedules from a diffusers scheduler config
+# ---------------------------------------------------------------------------------
+def schedule_from_config(config: dict, *, precision: Literal["float32", "float64"] = "float32") -> DiscreteVP:
+    """The `DiscreteVP` a diffusers scheduler config describes.
+
+    Reads num_train_timesteps, beta_start, beta_end, beta_schedule ("linear",
+    "scaled_linear", "squaredcos_cap_v2"), trained_betas and steps_offset.
+
+    precision="float32" (default) reproduces diffusers: β and ᾱ_t = Π(1 − β) are computed
+    in float32 (as every diffusers scheduler does, so these are the ᾱ the model was run
+    with in diffusers) and then held in float64. precision="float64" computes them in
+    float64 from the same formulas. The two differ by ~1e-7 relative, far below anything
+    a sampler notices; exactness of the round trip does not depend on this choice.
+    """
+    if precision not in ("float32", "float64"):
+        raise ValueError(f"precision={precision!r} must be 'float32' or 'float64'")
+    dt = torch.float32 if precision == "float32" else torch.float64
+    T = int(config.get("num_train_timesteps", 1000))
+    beta_start = float(config.get("beta_start", 0.0001))
+    beta_end = float(config.get("beta_end", 0.02))
+    schedule = config.get("beta_schedule", "linear")
+    if config.get("rescale_betas_zero_snr", False):
+        raise ValueError(
+            "scheduler config has rescale_betas_zero_snr=True: a zero terminal SNR gives σ̄ = ∞ at the last "
+            "timestep, which the σ̄-ODE cannot start from; not supported"
+        )
+    if config.get("trained_betas") is not None:
+        betas = torch.tensor(config["trained_betas"], dtype=dt)
+    elif schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, T, dtype=dt)
+    elif schedule == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=dt) ** 2
+    elif schedule == "squaredcos_cap_v2":
+        def abar(u: float) -> float:
+            return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = torch.tensor([min(1 - abar((i + 1) / T) / abar(i / T), 0.999) for i in range(T)], dtype=dt)
+    else:
+        raise ValueError(
+            f"beta_schedule={schedule!r} in the scheduler config is not supported; "
+            "choose one of ['linear', 'scaled_linear', 'squaredcos_cap_v2'] or give trained_betas"
+        )
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0).to(torch.float64).numpy()
+    return DiscreteVP(alphas_cumprod, steps_offset=int(config.get("steps_offset", 0) or 0))
+
+
+# ---------------------------------------------------------------------------------
+# Pipelines
+# ---------------------------------------------------------------------------------
+class Pipeline:
+    """A loaded diffusion model: UNet + schedule (+ VAE, text encoder, tokenizer for latent models).
+
+    Attributes:
+        unet, vae, text_encoder, tokenizer: the components (the last three None for pixel models).
+        schedule: `DiscreteVP` from the scheduler config (see `schedule_from_config`).
+        scheduler_config: the scheduler config dict.
+        prediction_type: "epsilon", "v_prediction" or "sample".
+        device, dtype: where and in which dtype the networks run.
+        path: where it was loaded from.
+    """
+
+    def __init__(self, *, unet, scheduler_config: dict, vae=None, text_encoder=None, tokenizer=None, path: str = ""):
+        self.unet = unet
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.scheduler_config = dict(scheduler_config)
+        self.schedule = schedule_from_config(self.scheduler_config)
+        self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"prediction_type={self.prediction_type!r} in the scheduler config is not supported; "
+                f"choose one of {list(PREDICTION_TYPES)}"
+            )
+        self.path = str(path)
+        param = next(unet.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        if self.is_conditional and (text_encoder is None or tokenizer is None):
+            raise ValueError(f"{self.path}: a conditional UNet needs a text_encoder and a tokenizer")
+
+    def __repr__(self) -> str:
+        kind = "latent" if self.is_latent else "pixel"
+        cond = "text-conditional" if self.is_conditional else "unconditional"
+        return (
+            f"Pipeline({self.path!r}, {kind}, {cond}, prediction_type={self.prediction_type!r}, "
+            f"resolution={self.resolution}, device={self.device}, dtype={self.dtype})"
+        )
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def is_conditional(self) -> bool:
+        return _is_conditional(self.unet)
+
+    @property
+    def is_latent(self) -> bool:
+        return self.vae is not None
+
+    @property
+    def vae_scale_factor(self) -> int:
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of one model-space sample."""
+        h, w = _pair(self.unet.config.sample_size)
+        return (int(self.unet.config.in_channels), h, w)
+
+    @property
+    def resolution(self) -> int | tuple[int, int]:
+        """Native image size (UNet sample_size × VAE scale factor); an int for square models."""
+        h, w = _pair(self.unet.config.sample_size)
+        h, w = h * self.vae_scale_factor, w * self.vae_scale_factor
+        return h if h == w else (h, w)
+
+    # -- text -------------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str | Sequence[str]) -> torch.Tensor:
+        """Text-encoder embeddings (B, L, D) of a prompt (padded to the tokenizer's max length)."""
+        if not self.is_conditional:
+            raise ValueError(f"prompt={prompt!r} was given, but {self.path} is an unconditional model")
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        if not isinstance(prompt, (list, tuple)) or not all(isinstance(p, str) for p in prompt):
+            raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+        max_length = int(
+            min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
+        )
+        tokens = self.tokenizer(
+            list(prompt), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+        )
+        with torch.no_grad():
+            emb = self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]
+        return emb.to(self.dtype)
+
+    def eps_fn(
+        self, prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] | None = None,
+        guidance_scale: float = 1.0,
+    ) -> UNetEps:
+        """ε(x, t) for a prompt with classifier-free guidance g = `guidance_scale`.
+
+        Conditional models: no prompt means the empty prompt; g > 1 without a negative
+        prompt guides away from the empty prompt (as diffusers does); g < 1 needs an
+        explicit negative prompt. Unconditional models take neither a prompt nor g ≠ 1.
+        """
+        g = _guidance(guidance_scale)
+        if not self.is_conditional:
+            if prompt is not None or negative_prompt is not None:
+                which = "prompt" if prompt is not None else "negative_prompt"
+                raise ValueError(
+                    f"{which}={prompt if prompt is not None else negative_prompt!r} was given, but the model at "
+                    f"{self.path} is unconditional ({type(self.unet).__name__}) and takes no prompt"
+                )
+            if g != 1.0:
+                raise ValueError(f"guidance_scale={g} needs a text-conditional model; {self.path} is unconditional")
+            return UNetEps(self.unet, self.schedule, prediction_type=self.prediction_type)
+        if g < 1.0 and negative_prompt is None:
+            raise ValueError(
+                f"guidance_scale={g} < 1 needs a negative_prompt (no negative prompt is defined); "
+                "use guidance_scale ≥ 1 or give negative_prompt"
+            )
+        cond = self.encode_prompt("" if prompt is None else prompt)
+        uncond = None
+        if g != 1.0:
+            uncond = self.encode_prompt("" if negative_prompt is None else negative_prompt)
+        return UNetEps(
+            self.unet, self.schedule, prediction_type=self.prediction_type,
+            encoder_hidden_states=cond, negative_encoder_hidden_states=uncond, guidance_scale=g,
+        )
+
+    # -- images <-> model space ----------------------------------------------------------------
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W) in [−1, 1] → model space, float64 on the pipeline's device.
+
+        Latent models: z = (mean of the VAE posterior − shift_factor) · scaling_factor
+        (the mean, not a sample: deterministic). Pixel models: the images themselves.
+        """
+        images = _check_images(images)
+        if self.vae is None:
+            return images.to(self.device, torch.float64)
+        with torch.no_grad():
+            mean = self.vae.encode(images.to(self.device, self.vae.dtype)).latent_dist.mean
+        z = mean.to(torch.float64)
+        shift = getattr(self.vae.config, "shift_factor", None)
+        if shift is not None:
+            z = z - float(shift)
+        return z * float(self.vae.config.scaling_factor)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Model space → images (N, 3, H, W) in [−1, 1] (not clamped), float32 on the CPU."""
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"z must be a torch tensor, got {type(z).__name__}")
+        if self.vae is None:
+            return z.detach().to("cpu", torch.float32)
+        z = z.to(torch.float64) / float(self.vae.config.scaling_factor)
+        shift = getattr(self.vae.config, "shift_factor", None)
+        if shift is not None:
+            z = z + float(shift)
+        with torch.no_grad():
+            images = self.vae.decode(z.to(self.device, self.vae.dtype)).sample
+        return images.to("cpu", torch.float32)
+
+
+def _pair(size) -> tuple[int, int]:
+    if isinstance(size, (list, tuple)):
+        return int(size[0]), int(size[1])
+    return int(size), int(size)
+
+
+def _guidance(guidance_scale) -> float:
+    try:
+        g = float(guidance_scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance_scale={guidance_scale!r} must be a real number") from None
+    if not math.isfinite(g) or g < 0:
+        raise ValueError(f"guidance_scale={guidance_scale!r} must be a finite number ≥ 0")
+    return g
+
+
+def _check_images(images) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch tensor (N, 3, H, W) in [-1, 1], got {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+    return images
+
+
+# ---------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------
+def _resolve_folder(path_or_id: str | os.PathLike) -> Path:
+    """A local pipeline folder, downloading a hub snapshot when `path_or_id` is not a folder."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    text = str(path_or_id)
+    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists()
+    if path.exists():
+        raise FileNotFoundError(f"model {text!r} is a file, not a diffusers pipeline folder")
+    if not looks_like_hub_id:
+        raise FileNotFoundError(f"model folder {text!r} does not exist (expected a diffusers pipeline folder)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(
+            text,
+            allow_patterns=["model_index.json", "scheduler/*", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*"],
+        )
+    except Exception as err:  # noqa: BLE001 - offline, unknown repo, auth: all end in one clear message
+        raise FileNotFoundError(
+            f"model {text!r} is neither a local folder nor a reachable hub repository "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
+    return Path(local)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} is missing: {path} not found")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{what} at {path} is unreadable: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} at {path} is not a JSON object")
+    return data
+
+
+def _load_component(folder: Path, name: str, loader, **kwargs):
+    sub = folder / name
+    if not sub.is_dir():
+        raise FileNotFoundError(f"model folder {folder} has no {name!r} component ({sub} is missing)")
+    try:
+        return loader(str(folder), subfolder=name, **kwargs)
+    except Exception as err:  # noqa: BLE001 - turn any loader failure into one line naming the component
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"could not load the {name!r} component of {folder}: {type(err).__name__}: {first}") from None
+
+
+def load_pipeline(
+    path_or_id: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> Pipeline:
+    """Load a diffusers pipeline folder (the `save_pretrained` layout) or a hub id.
+
+    Components are loaded one by one: `unet` (UNet2DModel or UNet2DConditionModel, read from
+    unet/config.json), `scheduler` (only its config JSON), and for latent models `vae`
+    (AutoencoderKL), `text_encoder` (CLIPTextModel) and `tokenizer` (CLIPTokenizer).
+    A missing folder or component is a FileNotFoundError naming it; an unreadable one a
+    ValueError naming it.
+
+    Args:
+        path_or_id: local folder, or a hub id such as "google/ddpm-cifar10-32" when a hub is reachable.
+        device: default "cuda" when available, else "cpu".
+        dtype: "float32", "float16", "bfloat16" or a torch dtype; default float16 on CUDA,
+            float32 on CPU. The networks run in it; the solver state stays float64.
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    folder = _resolve_folder(path_or_id)
+    index = _read_json(folder / "model_index.json", "model_index.json (the pipeline's component list)")
+    unsupported = sorted(k for k in ("vqvae", "transformer", "prior", "decoder") if k in index)
+    if unsupported:
+        raise ValueError(
+            f"{folder}: pipeline {index.get('_class_name', '?')} has component(s) {unsupported}; only UNet pipelines "
+            "(pixel DDPM/DDIM, Stable Diffusion 1.x/2.x) are supported"
+        )
+    from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel
+
+    scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json", "the 'scheduler' component's config")
+    unet_config = _read_json(folder / "unet" / "config.json", "the 'unet' component's config")
+    unet_class = unet_config.get("_class_name", "UNet2DModel")
+    loaders = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
+    if unet_class not in loaders:
+        raise ValueError(f"unet class {unet_class!r} in {folder / 'unet'} is not supported; expected one of {list(loaders)}")
+    unet = _load_component(folder, "unet", loaders[unet_class].from_pretrained, torch_dtype=dt)
+    vae = text_encoder = tokenizer = None
+    latent = "vae" in index or unet_class == "UNet2DConditionModel"
+    if latent:
+        vae = _load_component(folder, "vae", AutoencoderKL.from_pretrained, torch_dtype=dt)
+    if unet_class == "UNet2DConditionModel":
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        text_encoder = _load_component(folder, "text_encoder", CLIPTextModel.from_pretrained, dtype=dt)
+        tokenizer = _load_component(folder, "tokenizer", CLIPTokenizer.from_pretrained)
+    for module in (unet, vae, text_encoder):
+        if module is not None:
+            module.to(dev).eval()
+    return Pipeline(
+        unet=unet, scheduler_config=scheduler_config, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        path=str(path_or_id),
+    )

@@ -1,0 +1,329 @@
+"""Applications (MATH.md §7): reconstruction, editing, interpolation and sampling.
+
+Each function takes a loaded `backends.unet.Pipeline` and images as (N, 3, H, W) tensors
+in [−1, 1] (see `belm.images.load_image`), runs a `belm_core.Solver` with the state in
+float64, and returns a small result object with the images and metrics.
+
+    pipe = load_pipeline("path/to/pipeline")
+    image = load_image("cat.png", pipe.resolution)
+    result = reconstruct(pipe, image, steps=10, method="o-belm")
+    result.metrics["latent_mse"]        # ≈ 1e-28 for exact methods, ≫ for DDIM
+
+Metrics: `latent_mse` is the mean squared error in the model's space (VAE latents or
+pixels in [−1, 1]); `pixel_mse` is on images mapped to [0, 1] (clamped); `psnr` =
+10 log10(1 / pixel_mse) in dB.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from belm_core import BDIA, EDICT, Latent, Method, Solver, get_method
+
+from .images import to_unit
+
+__all__ = [
+    "make_method", "make_solver", "latent_mse", "pixel_mse", "psnr", "slerp",
+    "reconstruct", "edit", "interpolate", "sample",
+    "Reconstruction", "Edit", "Interpolation",
+]
+
+
+# ---------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------
+def latent_mse(a: torch.Tensor, b: torch.Tensor) -> float:
+    """mean((a − b)²) in float64."""
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    d = a.detach().to("cpu", torch.float64) - b.detach().to("cpu", torch.float64)
+    return float((d * d).mean())
+
+
+def pixel_mse(a: torch.Tensor, b: torch.Tensor) -> float:
+    """MSE of two image batches in [−1, 1] after mapping both to [0, 1] (clamped)."""
+    return latent_mse(to_unit(a.detach().to("cpu", torch.float64)), to_unit(b.detach().to("cpu", torch.float64)))
+
+
+def psnr(mse: float) -> float:
+    """Peak signal-to-noise ratio in dB for a [0, 1] MSE: 10 log10(1 / mse) (inf when mse = 0)."""
+    return math.inf if mse <= 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
+    """Spherical interpolation per batch item: sin((1−w)θ)/sin θ · a + sin(wθ)/sin θ · b,
+    cos θ = ⟨a, b⟩ / (|a| |b|); linear interpolation when θ is tiny."""
+    fa, fb = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+    cos = (fa * fb).sum(1) / (fa.norm(dim=1) * fb.norm(dim=1)).clamp_min(1e-300)
+    theta = torch.arccos(cos.clamp(-1.0, 1.0))
+    sin = torch.sin(theta)
+    small = sin.abs() < 1e-6
+    ca = torch.where(small, torch.full_like(theta, 1.0 - w), torch.sin((1.0 - w) * theta) / sin.where(~small, 1.0))
+    cb = torch.where(small, torch.full_like(theta, w), torch.sin(w * theta) / sin.where(~small, 1.0))
+    shape = (-1,) + (1,) * (a.ndim - 1)
+    return ca.reshape(shape) * a + cb.reshape(shape) * b
+
+
+# ---------------------------------------------------------------------------------
+# Solvers
+# ---------------------------------------------------------------------------------
+def make_method(method: str | Method = "o-belm", *, gamma: float | None = None, p: float | None = None) -> Method:
+    """A Method from a registered name; `gamma` sets BDIA's γ, `p` EDICT's mixing weight."""
+    m = get_method(method)
+    if gamma is not None:
+        if not isinstance(m, BDIA):
+            raise ValueError(f"gamma={gamma!r} applies to method 'bdia' only (method is {m.signature()!r})")
+        m = BDIA(gamma=gamma)
+    if p is not None:
+        if not isinstance(m, EDICT):
+            raise ValueError(f"p={p!r} applies to method 'edict' only (method is {m.signature()!r})")
+        m = EDICT(p=p)
+    return m
+
+
+def make_solver(pipe, steps: int, method: str | Method = "o-belm", spacing: str | None = None) -> Solver:
+    """A float64-state Solver on the pipeline's schedule."""
+    return Solver(pipe.schedule, steps=steps, method=method, spacing=spacing)
+
+
+def _check_image_batch(pipe, images: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{name} must be a tensor (N, 3, H, W) in [-1, 1], got {shape}")
+    m = size_multiple(pipe)
+    if images.shape[2] % m or images.shape[3] % m:
+        raise ValueError(
+            f"{name} is {images.shape[2]}×{images.shape[3]} px; this model needs sizes divisible by {m} "
+            f"(native resolution {pipe.resolution})"
+        )
+    return images
+
+
+def size_multiple(pipe) -> int:
+    """Image sizes must be multiples of this (VAE factor × the UNet's downsampling)."""
+    return pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+
+
+# ---------------------------------------------------------------------------------
+# Reconstruction
+# ---------------------------------------------------------------------------------
+@dataclass
+class Reconstruction:
+    """x_0 → invert → sample → x_0'. Images in [−1, 1] on the CPU; z in model space (float64)."""
+
+    image: torch.Tensor
+    reconstruction: torch.Tensor
+    z0: torch.Tensor
+    z0_rec: torch.Tensor
+    latent: Latent
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def reconstruct(
+    pipe,
+    image: torch.Tensor,
+    *,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+    guidance_scale: float = 1.0,
+    steps: int = 50,
+    method: str | Method = "o-belm",
+    spacing: str | None = None,
+    progress: bool = False,
+) -> Reconstruction:
+    """Invert `image` and sample it back with the same ε (same prompt and guidance).
+
+    metrics: latent_mse (model space), pixel_mse ([0, 1]), psnr (dB), for latent models
+    vae_pixel_mse (the error of the VAE round trip alone, the floor of pixel_mse), and
+    eps_calls (ε evaluations for inversion + sampling; a guided call is one batched UNet call).
+    """
+    image = _check_image_batch(pipe, image, "image")
+    eps_model = pipe.eps_fn(prompt, negative_prompt, guidance_scale)
+    calls = [0]
+
+    def eps(x, t):
+        calls[0] += 1
+        return eps_model(x, t)
+
+    solver = make_solver(pipe, steps, method, spacing)
+    z0 = pipe.encode(image)
+    latent = solver.invert(eps, z0, progress=progress)
+    z0_rec = solver.sample(eps, latent, progress=progress)
+    rec = pipe.decode(z0_rec)
+    p_mse = pixel_mse(image, rec)
+    metrics: dict[str, Any] = {
+        "latent_mse": latent_mse(z0, z0_rec),
+        "pixel_mse": p_mse,
+        "psnr": psnr(p_mse),
+    }
+    if pipe.is_latent:
+        metrics["vae_pixel_mse"] = pixel_mse(image, pipe.decode(z0))
+    metrics.update(
+        method=solver.method.signature(), steps=solver.steps, eps_calls=calls[0],
+        prompt=prompt, guidance_scale=float(guidance_scale),
+    )
+    return Reconstruction(image.cpu(), rec, z0, z0_rec, latent, metrics)
+
+
+# ---------------------------------------------------------------------------------
+# Editing
+# ---------------------------------------------------------------------------------
+@dataclass
+class Edit:
+    """Inversion with the source prompt, sampling with the target (and the source: reconstruction)."""
+
+    image: torch.Tensor
+    reconstruction: torch.Tensor
+    edited: torch.Tensor
+    latent: Latent
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def edit(
+    pipe,
+    image: torch.Tensor,
+    source_prompt: str,
+    target_prompt: str,
+    *,
+    negative_prompt: str | None = None,
+    guidance_scale: float = 1.0,
+    freeze: int = 0,
+    steps: int = 50,
+    method: str | Method = "o-belm",
+    spacing: str | None = None,
+    progress: bool = False,
+) -> Edit:
+    """Prompt-to-prompt editing by exact inversion (MATH.md §7).
+
+    Inverts with ε(·; source_prompt) up to grid index N − freeze (the last `freeze`
+    inversion steps are left out, so the first `freeze` sampling steps are skipped), then
+    samples from that latent with ε(·; target_prompt). The reconstruction (sampling with
+    the source prompt) is returned too; it equals the input up to rounding for exact methods.
+    """
+    if not pipe.is_conditional:
+        raise ValueError(f"edit needs a text-conditional model; {pipe.path} is unconditional (no prompts)")
+    image = _check_image_batch(pipe, image, "image")
+    solver = make_solver(pipe, steps, method, spacing)
+    low = max(1, solver.method.k - 1)
+    if isinstance(freeze, bool) or not isinstance(freeze, (int, np.integer)) or not 0 <= freeze <= solver.steps - low:
+        raise ValueError(
+            f"freeze={freeze!r} must be an integer in [0, {solver.steps - low}] (fewer than steps={solver.steps}; "
+            f"{solver.method.signature()} keeps at least {low} inversion step(s))"
+        )
+    until = solver.steps - int(freeze)
+    eps_src = pipe.eps_fn(source_prompt, negative_prompt, guidance_scale)
+    eps_tgt = pipe.eps_fn(target_prompt, negative_prompt, guidance_scale)
+    z0 = pipe.encode(image)
+    latent = solver.invert(eps_src, z0, until=until, progress=progress)
+    z_rec = solver.sample(eps_src, latent, progress=progress)
+    z_edit = solver.sample(eps_tgt, latent, progress=progress)
+    rec, edited = pipe.decode(z_rec), pipe.decode(z_edit)
+    p_mse = pixel_mse(image, rec)
+    metrics = {
+        "latent_mse": latent_mse(z0, z_rec),
+        "pixel_mse": p_mse,
+        "psnr": psnr(p_mse),
+        "edit_pixel_mse": pixel_mse(image, edited),
+        "method": solver.method.signature(), "steps": solver.steps, "freeze": int(freeze),
+        "source_prompt": source_prompt, "target_prompt": target_prompt, "guidance_scale": float(guidance_scale),
+    }
+    return Edit(image.cpu(), rec, edited, latent, metrics)
+
+
+# ---------------------------------------------------------------------------------
+# Interpolation
+# ---------------------------------------------------------------------------------
+@dataclass
+class Interpolation:
+    """Frames sampled from slerp(latent_A, latent_B, w), w = 0 … 1."""
+
+    images: torch.Tensor
+    frames: torch.Tensor
+    weights: list[float]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def interpolate(
+    pipe,
+    image_a: torch.Tensor,
+    image_b: torch.Tensor,
+    *,
+    frames: int = 5,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+    guidance_scale: float = 1.0,
+    steps: int = 50,
+    method: str | Method = "o-belm",
+    spacing: str | None = None,
+    progress: bool = False,
+) -> Interpolation:
+    """Invert A and B (one batch), slerp every state of the latent tuple with the same
+    weight w_f = f/(F−1), and sample all F frames (one batch). Frames 0 and F−1
+    reconstruct A and B."""
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 2:
+        raise ValueError(f"frames={frames!r} must be an integer ≥ 2")
+    image_a = _check_image_batch(pipe, image_a, "image_a")
+    image_b = _check_image_batch(pipe, image_b, "image_b")
+    if image_a.shape != image_b.shape or image_a.shape[0] != 1:
+        raise ValueError(
+            f"image_a and image_b must be single images of one size, got {tuple(image_a.shape)} and {tuple(image_b.shape)}"
+        )
+    eps = pipe.eps_fn(prompt, negative_prompt, guidance_scale)
+    solver = make_solver(pipe, steps, method, spacing)
+    images = torch.cat([image_a, image_b])
+    latent = solver.invert(eps, pipe.encode(images), progress=progress)
+    weights = [f / (frames - 1) for f in range(frames)]
+    states = tuple(
+        torch.cat([slerp(s[0:1], s[1:2], w) for w in weights]) for s in latent.states
+    )
+    z = solver.sample(eps, latent.replace(states=states), progress=progress)
+    out = pipe.decode(z)
+    metrics = {
+        "pixel_mse_first_to_a": pixel_mse(image_a, out[:1]),
+        "pixel_mse_last_to_b": pixel_mse(image_b, out[-1:]),
+        "frames": int(frames), "method": solver.method.signature(), "steps": solver.steps,
+    }
+    return Interpolation(images.cpu(), out, weights, metrics)
+
+
+# ---------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------
+def sample(
+    pipe,
+    *,
+    num: int = 4,
+    seed: int = 0,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+    guidance_scale: float = 1.0,
+    steps: int = 50,
+    method: str | Method = "o-belm",
+    spacing: str | None = None,
+    size: int | tuple[int, int] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """`num` images (num, 3, H, W) in [−1, 1] from x_T ~ N(0, I) (float64 noise from a CPU
+    generator seeded with `seed`, so results do not depend on the device)."""
+    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
+        raise ValueError(f"num={num!r} must be a positive integer")
+    c, h, w = pipe.latent_shape
+    if size is not None:
+        from .images import _size
+
+        H, W = _size(size)
+        m = size_multiple(pipe)
+        if H % m or W % m:
+            raise ValueError(f"size={size!r}: this model needs sizes divisible by {m}")
+        h, w = H // pipe.vae_scale_factor, W // pipe.vae_scale_factor
+    eps = pipe.eps_fn(prompt, negative_prompt, guidance_scale)
+    solver = make_solver(pipe, steps, method, spacing)
+    gen = torch.Generator().manual_seed(int(seed))
+    x_T = torch.randn((int(num), c, h, w), generator=gen, dtype=torch.float64).to(pipe.device)
+    z = solver.sample(eps, x_T, progress=progress)
+    return pipe.decode(z)
