@@ -41,7 +41,15 @@ class BELM(LinearMultistep):
         """The stable k = 3 family ρ = (ζ−1)(ζ² − cζ + 1), |c| < 2: order 2, stable both ways.
 
         The default c = BEST_STABLE_C3 minimises the error constant times the recurrence's
-        error growth (see `belm_core.derivation`). The analogous k = 4 family (order 3 on
+        error growth (see `belm_core.derivation`).
+
+        Its a's are constants, so the b's must absorb the grid's step ratios: on grids
+        whose steps change abruptly (h_{i+2}/h_i ≫ 10, e.g. the cosine schedule's top end
+        where σ̄ ≈ 2·10⁴, or any 5–10-step grid on the linear schedule) its x-space
+        coefficients grow like the ratio squared and sampling diverges (benchmarks/RESULTS.md).
+        O-BELM, whose a_{i,2} = h_i²/h_{i+1}² damps the far state, has no such limit.
+
+        The analogous k = 4 family (order 3 on
         paper) is not offered: measured on the analytic problem it diverges even on
         uniform grids, because ε's Lipschitz constant (~1/σ̄, stiff near the clean end)
         pushes its parasitic roots off the unit circle.
