@@ -92,8 +92,10 @@ def linear_combination(coefficients: Sequence[float], arrays: Sequence[Any]) -> 
     for w, x in zip(coefficients, arrays):
         if w == 0.0:
             continue
-        term = w * x
-        total = term if total is None else total + term
+        if total is None:
+            total = w * x  # a fresh array: accumulate into it in place
+        else:
+            total += w * x
     if total is None:
         raise ValueError("linear_combination needs at least one non-zero coefficient")
     return total

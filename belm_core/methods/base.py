@@ -164,7 +164,7 @@ class LinearMultistep(Method):
                 eps[j - 1] = evaluate(xs[j - 1], i - 1 + j)
         x_new = recurrence.step(table, i, xs, eps)
         new_eps = carry.eps[: len(carry.xs) - kk] + tuple(eps[::-1])
-        return Carry(index=i - 1, xs=(carry.xs + (x_new,))[-self.k :], eps=(new_eps + (None,))[-self.k :])
+        return self._advance(i - 1, carry.xs + (x_new,), new_eps + (None,))
 
     # inversion -----------------------------------------------------------------------
     def inverse_start(self, plan, x0):
@@ -181,8 +181,8 @@ class LinearMultistep(Method):
             x_new = recurrence.linear_combination(
                 [r / float(grid.alpha[top]), r * float(grid.h[top + 1])], [x, e]
             )
-            xs = (carry.xs + (x_new,))[-self.k :]
-            return Carry(index=top + 1, xs=xs, eps=(None,) * len(xs))  # ε(x_top, t_{top+1}) is not ε at x_top
+            # ε(x_top, t_{top+1}) is not ε at x_top's own time: nothing to cache
+            return self._advance(top + 1, carry.xs + (x_new,), (None,) * (len(carry.xs) + 1))
         kk = min(len(carry.xs), self.k)  # known states the relation uses
         table = plan["tables"][kk]
         i = top + 2 - kk
@@ -193,7 +193,14 @@ class LinearMultistep(Method):
                 eps[j] = evaluate(window[j], i - 1 + j)
         x_new = recurrence.inverse_step(table, i, window[0], window[1:], eps[1:])
         new_eps = carry.eps[: len(carry.xs) - kk] + tuple(eps)
-        return Carry(index=top + 1, xs=(carry.xs + (x_new,))[-self.k :], eps=(new_eps + (None,))[-self.k :])
+        return self._advance(top + 1, carry.xs + (x_new,), new_eps + (None,))
+
+    def _advance(self, index: int, xs: tuple, eps: tuple) -> Carry:
+        """Keep the k newest states; drop ε of the oldest kept one (no later step reads it)."""
+        xs, eps = xs[-self.k :], eps[-self.k :]
+        if len(xs) == self.k:
+            eps = (None,) + eps[1:]
+        return Carry(index=index, xs=xs, eps=eps)
 
     def latent_states(self, carry):
         return tuple(carry.xs[::-1])
