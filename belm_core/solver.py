@@ -159,7 +159,12 @@ class Solver:
         """Round-off amplification of inverting to grid index `until` (default N): Π|1/c_{i,k}|.
 
         c_{i,k} is the coefficient of the oldest state in x-space (the paper's a_{i,k}
-        times α_{i−1}/α_{i−1+k}); for BDIA it is γ^{−N}, for EDICT p^{−2N}.
+        times α_{i−1}/α_{i−1+k}). It is the determinant growth of the inverse recurrence:
+        γ^{−N} for BDIA and p^{−2N} for EDICT, whose parasitic modes it tracks, and the
+        warning in `invert` rests on it. It is not a bound: rounding also passes through
+        ε's Lipschitz constant (~1/σ̄ near the clean end), which it ignores; for O-BELM
+        it stays O(1) while float32 round-trip errors still grow with N. Measured
+        round-trip errors per method, step count and dtype: benchmarks/RESULTS.md §2.
         """
         return self.method.amplification(self._plan, self.grid.N if until is None else until)
 
