@@ -331,7 +331,7 @@ class AnalyticEps:
 
     def _time(self, t) -> tuple[float, float]:
         """(α(t), σ̄(t)) as Python floats for a scalar model time."""
-        if hasattr(t, "ndim") and getattr(t, "ndim") != 0:
+        if getattr(t, "ndim", 0) != 0:
             raise ValueError(f"t must be a scalar model time, got an array of shape {tuple(t.shape)}")
         if type(t).__module__.startswith("torch"):
             t = t.item()

@@ -177,7 +177,6 @@ class Stability:
 
 
 def _roots_with_multiplicity(a: Sequence[sympy.Expr]) -> tuple[np.ndarray, np.ndarray]:
-    k = len(a)
     coeffs = [sympy.Integer(1)] + [-sympy.nsimplify(x) if isinstance(x, sympy.Float) else -x for x in a]
     if all(c.is_Rational for c in coeffs):
         # exact square-free factorisation: multiplicities are exact, and each factor's

@@ -25,12 +25,11 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["NoiseSchedule", "DiscreteVP", "ContinuousVP", "LinearVP", "CosineVP", "VE", "EDM"]
+__all__ = ["Spacing", "NoiseSchedule", "DiscreteVP", "ContinuousVP", "LinearVP", "CosineVP", "VE", "EDM"]
 
-ArrayLike = "float | np.ndarray"
-
-DiscreteSpacing = Literal["leading", "trailing", "linspace"]
-ContinuousSpacing = Literal["linspace", "logsnr", "karras"]
+#: grid layouts: "leading", "trailing", "linspace" as in diffusers' DDIMScheduler (discrete
+#: schedules); "linspace" (uniform t), "logsnr" and "karras" for continuous ones
+Spacing = Literal["leading", "trailing", "linspace", "logsnr", "karras"]
 
 
 class NoiseSchedule(ABC):
@@ -76,7 +75,7 @@ class NoiseSchedule(ABC):
         return -np.log(self.sigma_bar(t))
 
     # -- grids ---------------------------------------------------------------------
-    def timesteps(self, steps: int, spacing: str | None = None) -> np.ndarray:
+    def timesteps(self, steps: int, spacing: Spacing | None = None) -> np.ndarray:
         """`steps` model times, noisiest first, laid out by `spacing`.
 
         The clean end state (α = 1, σ̄ = 0) is *not* included: the solver appends it.

@@ -24,7 +24,7 @@ import numpy as np
 from . import arrays
 from .grid import Grid, make_grid
 from .methods import Carry, Method, get_method
-from .schedules import NoiseSchedule
+from .schedules import NoiseSchedule, Spacing
 
 __all__ = ["Solver", "Latent", "AmplificationWarning", "PrecisionWarning", "EpsFn"]
 
@@ -102,7 +102,7 @@ class Solver:
         steps: int | None = None,
         method: str | Method = "o-belm",
         *,
-        spacing: str | None = None,
+        spacing: Spacing | None = None,
         timesteps: Sequence[float] | np.ndarray | None = None,
         state_dtype: Literal["float64", "float32", "float16", "bfloat16"] | None = "float64",
         allow_unstable: bool = False,

@@ -60,7 +60,7 @@ def roundtrip_ours(schedule, eps_fn, x0, method_factory, steps: int, dtype: str,
         try:
             lat = solver.invert(eps_fn, x0)
             rec = solver.sample(eps_fn, lat)
-        except (ValueError, FloatingPointError) as exc:  # non-finite ε: the round trip blew up
+        except (ValueError, FloatingPointError):  # non-finite ε: the round trip blew up
             return float("inf"), amp
     rec = rec.double() if isinstance(rec, torch.Tensor) else torch.from_numpy(np.asarray(rec, dtype=np.float64))
     err = float(((rec - x0.double()) ** 2).mean())

@@ -97,7 +97,6 @@ def _end_point(sch, schedule) -> tuple[float, float]:
 
 def sample(name: str, schedule, eps_fn: Callable, x_T, steps: int, spacing: str = "linspace") -> PeerRun:
     """Run peer `name`'s own step loop from x_T (a torch tensor) with `steps` model calls."""
-    import torch
 
     x = x_T.clone()
     nfe = 0
@@ -124,7 +123,6 @@ def first_timestep(name: str, schedule, steps: int, spacing: str = "linspace") -
 def roundtrip(name: str, schedule, eps_fn: Callable, x0, steps: int) -> tuple[Any, Any]:
     """(latent, x0_rec): invert x0 with an inverse scheduler, then sample with its forward pair."""
     import diffusers
-    import torch
 
     common = dict(
         num_train_timesteps=int(schedule.num_train_timesteps),
