@@ -85,16 +85,20 @@ class UNetEps:
     """ε(x, t) of a diffusers UNet, for `belm_core.Solver`.
 
     Args:
-        unet: a `UNet2DModel` (unconditional) or `UNet2DConditionModel`. Put into eval
-            mode (dropout off) when it is in training mode.
+        unet: a `UNet2DModel` (unconditional or class-conditional) or a
+            `UNet2DConditionModel`. Put into eval mode (dropout off) when it is in training mode.
         schedule: the `DiscreteVP` (or any belm_core schedule) giving α_t, σ_t.
         prediction_type: what the UNet predicts: "epsilon", "v_prediction" or "sample" (x_0).
         encoder_hidden_states: (1 or B, L, D) conditional prompt embeddings
-            (UNet2DConditionModel only; required there).
+            (text-conditional UNets only; required there).
         negative_encoder_hidden_states: (1 or B, L, D) unconditional/negative embeddings
             for classifier-free guidance.
+        class_labels: (1 or B,) integer labels (class-conditional UNets, i.e. with
+            `num_class_embeds` or `class_embed_type`; required there).
+        negative_class_labels: (1 or B,) labels of the unconditional branch for guidance,
+            e.g. the null label a model was trained with by label dropout.
         guidance_scale: g in ε = ε_u + g (ε_c − ε_u). g = 1 runs the conditional branch
-            alone; any other g needs `negative_encoder_hidden_states`.
+            alone; any other g needs the negative of every conditioning the UNet takes.
         model_dtype: dtype the UNet input is cast to; default the UNet's parameter dtype
             (giving another one is a ValueError: cast the UNet itself with `unet.to(dtype)`).
 
@@ -111,41 +115,46 @@ class UNetEps:
         prediction_type: PredictionType = "epsilon",
         encoder_hidden_states: torch.Tensor | None = None,
         negative_encoder_hidden_states: torch.Tensor | None = None,
+        class_labels: torch.Tensor | Sequence[int] | int | None = None,
+        negative_class_labels: torch.Tensor | Sequence[int] | int | None = None,
         guidance_scale: float = 1.0,
         model_dtype: torch.dtype | str | None = None,
     ):
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type={prediction_type!r} is not known; choose one of {list(PREDICTION_TYPES)}")
-        self.conditional = _is_conditional(unet)
-        if not self.conditional and (encoder_hidden_states is not None or negative_encoder_hidden_states is not None):
-            raise ValueError(
-                f"encoder_hidden_states/negative_encoder_hidden_states (prompt embeddings) were given, but "
-                f"{type(unet).__name__} is unconditional and takes no prompt"
-            )
-        if self.conditional and encoder_hidden_states is None:
-            raise ValueError(
-                f"encoder_hidden_states is required for a {type(unet).__name__} (use the empty prompt's "
-                "embeddings for unconditional sampling)"
-            )
         try:
             g = float(guidance_scale)
         except (TypeError, ValueError):
             raise ValueError(f"guidance_scale={guidance_scale!r} must be a real number") from None
         if not math.isfinite(g):
             raise ValueError(f"guidance_scale={guidance_scale!r} must be finite")
-        if g != 1.0 and not self.conditional:
-            raise ValueError(f"guidance_scale={g} needs a conditional UNet; {type(unet).__name__} takes no prompt")
-        if g != 1.0 and negative_encoder_hidden_states is None:
-            raise ValueError(
-                f"guidance_scale={g} ≠ 1 needs negative_encoder_hidden_states (the unconditional or negative "
-                "prompt's embeddings) for ε = ε_u + g (ε_c − ε_u)"
-            )
         param = next(unet.parameters())
         dtype = param.dtype if model_dtype is None else resolve_dtype(model_dtype, param.device)
         if dtype != param.dtype:
             raise ValueError(
                 f"model_dtype={dtype} differs from the UNet's parameter dtype {param.dtype}; cast the UNet with "
                 f"unet.to({dtype}) instead"
+            )
+        given = {
+            "encoder_hidden_states": (encoder_hidden_states, negative_encoder_hidden_states),
+            "class_labels": (class_labels, negative_class_labels),
+        }
+        # the UNet keyword tensors of the conditional and the unconditional branch
+        self.cond: dict[str, torch.Tensor] = {}
+        self.uncond: dict[str, torch.Tensor] = {}
+        for name, (value, negative) in given.items():
+            pair = _conditioning(unet, name, value, negative, param.device, dtype)
+            if pair[0] is not None:
+                self.cond[name] = pair[0]
+            if pair[1] is not None:
+                self.uncond[name] = pair[1]
+        if g != 1.0 and not self.cond:
+            raise ValueError(f"guidance_scale={g} needs a conditional UNet; {type(unet).__name__} takes no condition")
+        missing = [f"negative_{name}" for name in self.cond if name not in self.uncond]
+        if g != 1.0 and missing:
+            raise ValueError(
+                f"guidance_scale={g} ≠ 1 needs {', '.join(missing)} (the unconditional or negative branch) "
+                "for ε = ε_u + g (ε_c − ε_u)"
             )
         if unet.training:
             unet.eval()
@@ -155,15 +164,6 @@ class UNetEps:
         self.guidance_scale = g
         self.model_dtype = dtype
         self.device = param.device
-        self.cond = None if encoder_hidden_states is None else encoder_hidden_states.to(self.device, dtype)
-        self.uncond = (
-            None if negative_encoder_hidden_states is None else negative_encoder_hidden_states.to(self.device, dtype)
-        )
-        if self.cond is not None and self.uncond is not None and self.cond.shape[1:] != self.uncond.shape[1:]:
-            raise ValueError(
-                f"negative_encoder_hidden_states has shape {tuple(self.uncond.shape)}, incompatible with "
-                f"encoder_hidden_states {tuple(self.cond.shape)} (they must agree after the batch dimension)"
-            )
         self.guided = g != 1.0
 
     def __repr__(self) -> str:
@@ -173,12 +173,12 @@ class UNetEps:
         )
 
     @staticmethod
-    def _expand(emb: torch.Tensor, batch: int, name: str) -> torch.Tensor:
-        if emb.shape[0] == batch:
-            return emb
-        if emb.shape[0] == 1:
-            return emb.expand(batch, *emb.shape[1:])
-        raise ValueError(f"{name} has batch size {emb.shape[0]}; expected 1 or the batch size of x ({batch})")
+    def _expand(value: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+        if value.shape[0] == batch:
+            return value
+        if value.shape[0] == 1:
+            return value.expand(batch, *value.shape[1:])
+        raise ValueError(f"{name} has batch size {value.shape[0]}; expected 1 or the batch size of x ({batch})")
 
     def model_output(self, x: torch.Tensor, t) -> torch.Tensor:
         """The raw UNet output at (x, t) (guidance applied), in the model dtype and device."""
@@ -189,27 +189,18 @@ class UNetEps:
         # of a permuted image) rounds differently, which breaks bit-for-bit determinism
         xm = x.to(device=self.device, dtype=self.model_dtype, memory_format=torch.contiguous_format)
         with torch.no_grad():
-            if not self.conditional:
-                out = self._unet(xm, t, None)
-            elif not self.guided:
-                out = self._unet(xm, t, self._expand(self.cond, batch, "encoder_hidden_states"))
-            else:
-                emb = torch.cat(
-                    [
-                        self._expand(self.uncond, batch, "negative_encoder_hidden_states"),
-                        self._expand(self.cond, batch, "encoder_hidden_states"),
-                    ]
-                )
-                out_u, out_c = self._unet(torch.cat([xm, xm]), t, emb).chunk(2)
-                out = out_u + self.guidance_scale * (out_c - out_u)
-        return out
+            if not self.guided:
+                return self._unet(xm, t, {k: self._expand(v, batch, k) for k, v in self.cond.items()})
+            both = {
+                k: torch.cat([self._expand(self.uncond[k], batch, f"negative_{k}"), self._expand(v, batch, k)])
+                for k, v in self.cond.items()
+            }
+            out_u, out_c = self._unet(torch.cat([xm, xm]), t, both).chunk(2)
+            return out_u + self.guidance_scale * (out_c - out_u)
 
-    def _unet(self, xm: torch.Tensor, t, emb: torch.Tensor | None) -> torch.Tensor:
+    def _unet(self, xm: torch.Tensor, t, conditioning: dict[str, torch.Tensor]) -> torch.Tensor:
         timestep = torch.full((xm.shape[0],), int(round(float(t))), dtype=torch.long, device=self.device)
-        if emb is None:
-            out = self.unet(xm, timestep).sample
-        else:
-            out = self.unet(xm, timestep, encoder_hidden_states=emb).sample
+        out = self.unet(xm, timestep, **conditioning).sample
         if out.shape[1] == 2 * xm.shape[1]:  # learned variance: keep the mean prediction
             out = out[:, : xm.shape[1]]
         return out
@@ -232,9 +223,46 @@ def _is_conditional(unet) -> bool:
     return "cross_attention_dim" in config or type(unet).__name__ == "UNet2DConditionModel"
 
 
-# ---------------------------------------------------------------------------------
-# Schedules from a diffusers scheduler config
-# ---------------------------------------------------------------------------------
+def _is_class_conditional(unet) -> bool:
+    """True for a UNet with a class embedding (`num_class_embeds` or `class_embed_type` set)."""
+    config = getattr(unet, "config", {})
+    return config.get("num_class_embeds") is not None or config.get("class_embed_type") is not None
+
+
+_HINTS = {
+    "encoder_hidden_states": "use the empty prompt's embeddings for unconditional sampling",
+    "class_labels": "use the null label for unconditional sampling if the model was trained with label dropout",
+}
+
+
+def _conditioning(unet, name: str, value, negative, device, dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Validate one UNet conditioning argument and its negative; cast them for the model.
+
+    Embeddings go to the model dtype, labels to int64, both to the model's device.
+    """
+    takes = _is_conditional(unet) if name == "encoder_hidden_states" else _is_class_conditional(unet)
+    if not takes:
+        if value is not None or negative is not None:
+            raise ValueError(f"{name}/negative_{name} were given, but {type(unet).__name__} takes no {name}")
+        return None, None
+    if value is None:
+        raise ValueError(f"{name} is required for this {type(unet).__name__} ({_HINTS[name]})")
+
+    def cast(v):
+        if name == "class_labels":
+            return torch.as_tensor(v, dtype=torch.long, device=device).reshape(-1)
+        return v.to(device, dtype)
+
+    value = cast(value)
+    negative = None if negative is None else cast(negative)
+    if negative is not None and value.shape[1:] != negative.shape[1:]:
+        raise ValueError(
+            f"negative_{name} has shape {tuple(negative.shape)}, incompatible with {name} {tuple(value.shape)} "
+            "(they must agree after the batch dimension)"
+        )
+    return value, negative
+
+
 def schedule_from_config(config: dict, *, precision: Literal["float32", "float64"] = "float32") -> DiscreteVP:
     """The `DiscreteVP` a diffusers scheduler config describes.
 

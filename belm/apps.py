@@ -28,7 +28,7 @@ from belm_core import BDIA, EDICT, Latent, Method, Solver, get_method
 from .images import to_unit
 
 __all__ = [
-    "make_method", "make_solver", "latent_mse", "pixel_mse", "psnr", "slerp",
+    "make_method", "make_solver", "latent_mse", "pixel_mse", "psnr", "round_trip_metrics", "slerp",
     "reconstruct", "edit", "interpolate", "sample",
     "Reconstruction", "Edit", "Interpolation",
 ]
@@ -53,6 +53,12 @@ def pixel_mse(a: torch.Tensor, b: torch.Tensor) -> float:
 def psnr(mse: float) -> float:
     """Peak signal-to-noise ratio in dB for a [0, 1] MSE: 10 log10(1 / mse) (inf when mse = 0)."""
     return math.inf if mse <= 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def round_trip_metrics(image: torch.Tensor, z0: torch.Tensor, z_rec: torch.Tensor, rec: torch.Tensor) -> dict[str, float]:
+    """latent_mse between z0 and its reconstruction, pixel_mse and psnr of the decoded image."""
+    p_mse = pixel_mse(image, rec)
+    return {"latent_mse": latent_mse(z0, z_rec), "pixel_mse": p_mse, "psnr": psnr(p_mse)}
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
@@ -155,12 +161,7 @@ def reconstruct(
     latent = solver.invert(eps, z0, progress=progress)
     z0_rec = solver.sample(eps, latent, progress=progress)
     rec = pipe.decode(z0_rec)
-    p_mse = pixel_mse(image, rec)
-    metrics: dict[str, Any] = {
-        "latent_mse": latent_mse(z0, z0_rec),
-        "pixel_mse": p_mse,
-        "psnr": psnr(p_mse),
-    }
+    metrics: dict[str, Any] = round_trip_metrics(image, z0, z0_rec, rec)
     if pipe.is_latent:
         metrics["vae_pixel_mse"] = pixel_mse(image, pipe.decode(z0))
     metrics.update(
@@ -223,11 +224,8 @@ def edit(
     z_rec = solver.sample(eps_src, latent, progress=progress)
     z_edit = solver.sample(eps_tgt, latent, progress=progress)
     rec, edited = pipe.decode(z_rec), pipe.decode(z_edit)
-    p_mse = pixel_mse(image, rec)
     metrics = {
-        "latent_mse": latent_mse(z0, z_rec),
-        "pixel_mse": p_mse,
-        "psnr": psnr(p_mse),
+        **round_trip_metrics(image, z0, z_rec, rec),
         "edit_pixel_mse": pixel_mse(image, edited),
         "method": solver.method.signature(), "steps": solver.steps, "freeze": int(freeze),
         "source_prompt": source_prompt, "target_prompt": target_prompt, "guidance_scale": float(guidance_scale),

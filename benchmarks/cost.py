@@ -57,22 +57,6 @@ def build_unet(seed: int = 0):
     return unet
 
 
-def unet_eps(unet, schedule):
-    try:
-        from backends.unet import UNetEps
-
-        return UNetEps(unet, schedule, prediction_type="epsilon")
-    except ImportError:  # pragma: no cover - fallback while the backend is missing
-        import torch
-
-        def eps(x, t):
-            with torch.no_grad():
-                tt = torch.full((x.shape[0],), int(t), dtype=torch.long)
-                return unet(x.float(), tt).sample.to(x.dtype)
-
-        return eps
-
-
 def diffusers_ddim_loop(unet, schedule, x_T, steps: int):
     """diffusers' own DDIM loop (DDIMScheduler.step on the same UNet, float32 state as in its pipelines)."""
     import torch
@@ -91,12 +75,13 @@ def diffusers_ddim_loop(unet, schedule, x_T, steps: int):
 def _time_unet(quick: bool, progress: bool):
     import torch
 
+    from backends.unet import UNetEps
     from belm_core import DiscreteVP, Solver
 
     torch.set_num_threads(1)
     schedule = DiscreteVP.scaled_linear()
     unet = build_unet()
-    eps = unet_eps(unet, schedule)
+    eps = UNetEps(unet, schedule)
     x_T = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     solvers = {m: Solver(schedule, STEPS, m) for m in METHODS}
     runners = {m: (lambda s=s: s.sample(eps, x_T)) for m, s in solvers.items()}
@@ -169,12 +154,13 @@ def _child_memory(method: str) -> dict:
 
     import torch
 
+    from backends.unet import UNetEps
     from belm_core import DiscreteVP, Solver
 
     torch.set_num_threads(1)
     schedule = DiscreteVP.scaled_linear()
     unet = build_unet()
-    eps = unet_eps(unet, schedule)
+    eps = UNetEps(unet, schedule)
     x_T = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
         unet(x_T.float(), torch.full((2,), 500))  # warm-up: the model's own working set

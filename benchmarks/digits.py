@@ -3,9 +3,10 @@
 Model: the class-conditional pixel-space DDPM of `benchmarks.train_digits` (diffusers
 `UNet2DModel`, ε-prediction, DDPM linear β, labels 0…9 plus a null label 10 learned
 with label dropout), rebuilt by `python -m benchmarks.train_digits` and cached in
-`benchmarks/.cache/digits/`. `DigitsEps` below is the ε-function: the UNet in float32
-under `torch.no_grad()` with a fixed label per batch row; with guidance g ≠ 1 it is
-classifier-free guidance ε = ε_null + g (ε_c − ε_null) in one batched call. The
+`benchmarks/.cache/digits/`. `digits_eps` below is the ε-function: `backends.unet.UNetEps`
+(the UNet in float32 under `torch.no_grad()`) with a fixed label per batch row; with
+guidance g ≠ 1 it is classifier-free guidance ε = ε_null + g (ε_c − ε_null) in one
+batched call. The
 solver state stays float64 unless stated. Grids: sample quality and editing use the
 `linspace` spacing; reconstruction uses `trailing` for our methods (the spacing
 diffusers' DDIMInverseScheduler supports), while DPMSolverInverse uses its own
@@ -37,40 +38,17 @@ from .report import Section, savefig, table
 NULL = 10
 
 
-class DigitsEps:
-    """eps_fn(x, t) of the class-conditional digits UNet for fixed per-row labels.
+def digits_eps(unet, schedule, labels, guidance: float = 1.0):
+    """ε-function of the class-conditional digits UNet: `backends.unet.UNetEps` with one
+    label per batch row and, for guidance g ≠ 1, the null label as the unconditional
+    branch (ε = ε_null + g (ε_label − ε_null) in one batched call). Returns ε in x's dtype."""
+    import torch
 
-    x: (B, 1, 8, 8) tensor of any float dtype; labels: (B,) int tensor of 0…9.
-    ε = ε(x, t | label) when guidance = 1, else ε_null + g (ε_label − ε_null).
-    Returns ε in x's dtype. Deterministic: the same x gives the same ε.
-    """
+    from backends.unet import UNetEps
 
-    def __init__(self, unet, labels, guidance: float = 1.0):
-        import torch
-
-        self.unet = unet
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
-        self.g = float(guidance)
-        self.nfe = 0
-
-    def __call__(self, x, t):
-        import torch
-
-        B = x.shape[0]
-        if B != self.labels.shape[0]:
-            raise ValueError(f"x has batch {B} but {self.labels.shape[0]} labels were given")
-        xm = x.to(torch.float32)
-        tt = torch.full((B,), int(round(float(t))), dtype=torch.long)
-        self.nfe += 1
-        with torch.no_grad():
-            if self.g == 1.0:
-                out = self.unet(xm, tt, class_labels=self.labels).sample
-            else:
-                null = torch.full_like(self.labels, NULL)
-                both = self.unet(torch.cat([xm, xm]), torch.cat([tt, tt]), class_labels=torch.cat([null, self.labels])).sample
-                e_u, e_c = both.chunk(2)
-                out = e_u + self.g * (e_c - e_u)
-        return out.to(x.dtype)
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    return UNetEps(unet, schedule, class_labels=labels, negative_class_labels=torch.full_like(labels, NULL),
+                   guidance_scale=guidance)
 
 
 # ------------------------------------------------------------------------ metrics
@@ -145,7 +123,7 @@ def sample_quality(unet, schedule, judge, nfes, n, methods, peer_names, seed=0, 
             steps = nfe // meth.nfe_per_step
             if steps < meth.min_steps:
                 continue
-            eps = DigitsEps(unet, labels)
+            eps = digits_eps(unet, schedule, labels)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 x = Solver(schedule, steps, meth, spacing="linspace").sample(eps, x_T)
@@ -153,7 +131,7 @@ def sample_quality(unet, schedule, judge, nfes, n, methods, peer_names, seed=0, 
             res[(m, nfe)] = judge.score(x, labels)
             samples[(m, nfe)] = x
         for p in peer_names:
-            eps = DigitsEps(unet, labels)
+            eps = digits_eps(unet, schedule, labels)
             x = peers.sample(p, schedule, eps, x_T, nfe, "linspace").x0.float().numpy()
             res[(p, nfe)] = judge.score(x, labels)
             samples[(p, nfe)] = x
@@ -173,7 +151,7 @@ def reconstruction(unet, schedule, x0, y0, steps_list, methods, peer_names, prog
         if progress:
             print(f"  digits: reconstruction {steps} steps", flush=True)
         for m in methods:
-            eps = DigitsEps(unet, y0)
+            eps = digits_eps(unet, schedule, y0)
             solver = Solver(schedule, steps, _ours(m), spacing="trailing")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -185,7 +163,7 @@ def reconstruction(unet, schedule, x0, y0, steps_list, methods, peer_names, prog
             if not np.isfinite(res[(m, steps)]):
                 res[(m, steps)] = float("inf")
         for p in peer_names:
-            eps = DigitsEps(unet, y0)
+            eps = digits_eps(unet, schedule, y0)
             _, rec = peers.roundtrip(p, schedule, eps, x0, steps)
             e = float((((rec.double() - x0) / 2) ** 2).mean())
             res[(p, steps)] = e if np.isfinite(e) else float("inf")
@@ -201,7 +179,7 @@ def dtype_table(unet, schedule, x0, y0, steps, methods):
     res = {}
     for m in methods:
         for d in ("float64", "float32", "float16", "bfloat16"):
-            eps = DigitsEps(unet, y0)
+            eps = digits_eps(unet, schedule, y0)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 solver = Solver(schedule, steps, _ours(m), spacing="trailing", state_dtype=d)
@@ -223,14 +201,14 @@ def editing(unet, schedule, judge, x_src, y_src, steps=50, guidance=2.0, keep=0.
     x_src = torch.from_numpy(x_src).double()
     solver = Solver(schedule, steps, "o-belm", spacing="linspace")
     until = max(2, int(round(keep * steps)))
-    eps_src = DigitsEps(unet, y_src, guidance)
+    eps_src = digits_eps(unet, schedule, y_src, guidance)
     lat = solver.invert(eps_src, x_src, until=until)
     rec = solver.sample(eps_src, lat)
     offsets = (1, 3, 5)
     edits, tgt_all = [], []
     for o in offsets:
         tgt = (y_src + o) % 10
-        edits.append(solver.sample(DigitsEps(unet, tgt, guidance), lat).float().numpy())
+        edits.append(solver.sample(digits_eps(unet, schedule, tgt, guidance), lat).float().numpy())
         tgt_all.append(tgt)
     ed = np.concatenate(edits)
     acc = float((judge.clf.predict(np.clip(ed.reshape(len(ed), -1), -1, 1)) == np.concatenate(tgt_all)).mean())

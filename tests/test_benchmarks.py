@@ -57,17 +57,25 @@ def test_roundtrip_exact_vs_inexact(problem):
     assert not e_bdia < 1e-6  # γ^−N amplification: 0.5^−80 ≈ 1e24 destroys the round trip
 
 
-def test_digits_eps_wrapper_is_deterministic():
-    from benchmarks.digits import DigitsEps
+def test_digits_eps_is_guided_unet_eps_and_deterministic():
+    from belm_core import DiscreteVP
+
+    from benchmarks.digits import NULL, digits_eps
     from benchmarks.train_digits import TrainConfig, build_unet
 
     torch.manual_seed(0)
     unet = build_unet(TrainConfig(channels=(8, 16))).eval()
     x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
-    eps = DigitsEps(unet, [1, 2, 3], guidance=2.0)
+    labels = torch.tensor([1, 2, 3])
+    eps = digits_eps(unet, DiscreteVP.linear(), labels, guidance=2.0)
     e1, e2 = eps(x, 500), eps(x, 500)
     assert e1.dtype == torch.float64 and e1.shape == x.shape
     assert torch.equal(e1, e2)
+    t = torch.full((3,), 500)
+    with torch.no_grad():
+        e_c = unet(x.float(), t, class_labels=labels).sample.double()
+        e_u = unet(x.float(), t, class_labels=torch.full_like(labels, NULL)).sample.double()
+    torch.testing.assert_close(e1, e_u + 2.0 * (e_c - e_u), rtol=1e-5, atol=1e-5)
 
 
 def test_report_written(tmp_path):

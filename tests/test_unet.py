@@ -14,20 +14,12 @@ import pytest
 import torch
 
 from backends.unet import UNetEps, load_pipeline, schedule_from_config
-from belm_core import Solver
+from belm_core import DiscreteVP, Solver
 
 EXACT = ["o-belm", "bdia", "edict"]
 
 
-def _has_belm3() -> bool:
-    try:
-        import belm_core.derivation  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-METHODS_EXACT = EXACT + (["belm3"] if _has_belm3() else [])
+METHODS_EXACT = EXACT + ["belm3"]
 
 
 def round_trip(eps, schedule, z0, method, steps=10):
@@ -157,6 +149,50 @@ def test_eps_independent_of_memory_layout(pipes, name):
     x_cl = x.to(memory_format=torch.channels_last)
     assert not x_cl.is_contiguous()
     assert torch.equal(eps(x, 700), eps(x_cl, 700))
+
+
+def _class_unet(num_classes: int = 4):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4, num_class_embeds=num_classes,
+    ).eval()
+
+
+def test_class_conditional_guidance_is_one_batched_call_and_exact():
+    unet = _class_unet()
+    schedule = DiscreteVP.linear()
+    labels, null = torch.tensor([0, 2]), torch.tensor([3])
+    eps = UNetEps(unet, schedule, class_labels=labels, negative_class_labels=null, guidance_scale=2.5)
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    calls = []
+    hook = unet.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    e = eps(x, 400)
+    hook.remove()
+    assert calls == [4]  # conditional and unconditional rows in one call
+    t = torch.full((2,), 400)
+    with torch.no_grad():
+        e_c = unet(x.float(), t, class_labels=labels).sample.double()
+        e_u = unet(x.float(), t, class_labels=null.expand(2)).sample.double()
+    torch.testing.assert_close(e, e_u + 2.5 * (e_c - e_u), rtol=1e-5, atol=1e-5)
+    solver = Solver(schedule, steps=10, method="o-belm")
+    x0 = torch.rand(2, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    assert float(((solver.sample(eps, solver.invert(eps, x0)) - x0) ** 2).mean()) <= 1e-20
+
+
+def test_class_conditioning_bad_input(pipes):
+    unet, schedule = _class_unet(), DiscreteVP.linear()
+    with pytest.raises(ValueError, match="class_labels is required"):
+        UNetEps(unet, schedule)
+    with pytest.raises(ValueError, match="needs negative_class_labels"):
+        UNetEps(unet, schedule, class_labels=[1], guidance_scale=2.0)
+    with pytest.raises(ValueError, match="takes no class_labels"):
+        UNetEps(pipes["ddpm"].unet, pipes["ddpm"].schedule, class_labels=[1])
+    with pytest.raises(ValueError, match="batch size 3"):
+        UNetEps(unet, schedule, class_labels=[0, 1, 2])(torch.zeros(2, 1, 8, 8), 10)
 
 
 def test_unet_eps_bad_input(pipes):
