@@ -59,6 +59,15 @@ def tiny_tokenizer(folder: Path, model_max_length: int = 12):
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    vocab, merges = clip_vocab()
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=model_max_length)
+    return tokenizer, len(vocab)
+
+
+def clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The tiny CLIP BPE vocabulary (token → id) and its merges, shared by every tiny CLIP tokenizer."""
     symbols = _byte_symbols()
     vocab: dict[str, int] = {}
     for s in symbols + [s + "</w>" for s in symbols]:
@@ -68,10 +77,7 @@ def tiny_tokenizer(folder: Path, model_max_length: int = 12):
         vocab.setdefault(a + b, len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
-    tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=model_max_length)
-    return tokenizer, len(vocab)
+    return vocab, merges
 
 
 def _byte_symbols() -> list[str]:
