@@ -68,7 +68,8 @@ def make_grid(schedule: NoiseSchedule, timesteps, end: End = "clean") -> Grid:
     """Validate model times (noisiest first) and tabulate α, σ̄, h with the end state appended.
 
     end="clean" appends the clean state α = 1, σ̄ = 0. end="t_min" appends the point at
-    the schedule's smallest model time t_min. When the last model time already is t_min,
+    the schedule's smallest model time t_min. When the last model time already is t_min
+    (up to rounding: 1e-9 of the schedule's time range),
     the final step would have zero length: diffusers' DDIM takes it anyway (one more
     model call whose update is the identity, x_{t_min} → x_{t_min}); here that step is
     dropped, so t_min is the end state itself, the grid has one step fewer, and the
@@ -98,7 +99,7 @@ def make_grid(schedule: NoiseSchedule, timesteps, end: End = "clean") -> Grid:
             f"{t[j]!r} → {t[j + 1]!r} at positions {j}, {j + 1}"
         )
     schedule.check_times(t)
-    if end == "t_min" and t[-1] == schedule.t_min:
+    if end == "t_min" and t[-1] - schedule.t_min <= 1e-9 * (schedule.t_max - schedule.t_min):  # (rounding)
         t = t[:-1]  # the last model time is the end state itself (zero-length final step)
         if t.size == 0:
             raise ValueError(

@@ -204,6 +204,13 @@ class DiscreteVP(NoiseSchedule):
             t = np.linspace(0, T - 1, steps).round()[::-1]
         elif spacing == "leading":
             t = (np.arange(0, steps) * (T // steps)).round()[::-1] + self.steps_offset
+            if t[0] > T - 1:
+                fit = max((n for n in range(1, T + 1) if (n - 1) * (T // n) + self.steps_offset <= T - 1), default=0)
+                raise ValueError(
+                    f"steps={steps} with spacing='leading' and steps_offset={self.steps_offset} would start past the "
+                    f"last training timestep {T - 1}; use steps ≤ {fit}, spacing='trailing' or 'linspace', "
+                    "or steps_offset=0"
+                )
         else:  # trailing: T − 1, T − 1 − T/N, … (diffusers' np.arange(T, 0, −T/N) yields N + 1
             # points for 62 of the N ≤ 1000, ending at −1; we keep exactly N and agree elsewhere)
             delta = (T - T / steps) - T  # the increment np.arange uses, so round-half ties agree

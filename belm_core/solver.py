@@ -46,7 +46,7 @@ from .grid import End, Grid, make_grid
 from .methods import Carry, Method, get_method
 from .schedules import NoiseSchedule, Spacing
 
-__all__ = ["Solver", "Latent", "AmplificationWarning", "PrecisionWarning", "EpsFn"]
+__all__ = ["Solver", "Latent", "AmplificationWarning", "PrecisionWarning", "EpsFn", "until_range"]
 
 EpsFn = Callable[[Any, Any], Any]
 Callback = Callable[[dict], None]
@@ -194,7 +194,7 @@ class Solver:
         A partial latent must hold k states above the end state, so K ≥ max(1, k − 1).
         Editing's `freeze` (inversion steps left out) is N − K, in [0, N − low].
         """
-        return max(1, self.method.k - 1), self.grid.N
+        return until_range(self.method, self.grid.N)
 
     def amplification(self, until: int | None = None) -> float:
         """Round-off amplification of inverting to grid index `until` (default N): Π|1/c_{i,k}|.
@@ -282,7 +282,7 @@ class Solver:
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable as callback(info), got {type(callback).__name__}")
         total = abs(self.method.head(carry, direction)[0] - target)
-        evaluate = _Evaluator(self, eps_fn, direction)
+        evaluate = _Evaluator(self, eps_fn, direction, _max_abs(self.method.head(carry, direction)[1]))
         advance = self.method.step if direction == "sample" else self.method.inverse_step
         from tqdm.auto import tqdm
 
@@ -296,7 +296,7 @@ class Solver:
         if self.check_finite:
             index, x = self.method.head(carry, direction)
             if not arrays.all_finite(x):
-                raise ValueError(self._blow_up_message(direction, total, index))
+                raise ValueError(self._blow_up_message(direction, total, index, evaluate.scale, _max_abs(x)))
         return carry
 
     def _callback_info(self, direction: str, n: int, total: int, carry: Carry) -> dict:
@@ -311,13 +311,14 @@ class Solver:
             "x": arrays.copy(x),  # the callback may write to it; the state stays untouched
         }
 
-    def _blow_up_message(self, direction: str, step: int, index: int) -> str:
+    def _blow_up_message(self, direction: str, step: int, index: int, start: float, now: float) -> str:
         t = self.grid.t(index) if index >= 1 else "end"
         return (
-            f"the solver state became non-finite (NaN or inf) by {direction} step {step} of {abs(self.grid.N)} "
-            f"(grid index {index}, t={t}); the inputs were finite, so the recurrence blew up: a method that amplifies round-off "
-            f"(solver.amplification() = {self.amplification():.3g} over the full inversion; e.g. BDIA with a small "
-            "gamma, EDICT with a small p) or an ε of huge scale (e.g. an extreme guidance scale)"
+            f"the solver state became non-finite (NaN or inf) or blew up by {direction} step {step} "
+            f"(grid index {index}, t={t}): max |x| went from {start:.3g} at the start to {now:.3g}, with finite "
+            "inputs. The recurrence amplifies what it is given: check solver.amplification() "
+            f"(= {self.amplification():.3g} over the full inversion; e.g. BDIA with a small gamma or EDICT with a "
+            "small p divide by it every step) and the scale of ε (e.g. an extreme guidance scale)"
         )
 
     @contextlib.contextmanager
@@ -404,6 +405,17 @@ class Solver:
             )
 
 
+def until_range(method: str | Method, steps: int) -> tuple[int, int]:
+    """(low, N) of `Solver.until_range` for a method on an N-step grid, without building a Solver
+    (the CLI checks `--freeze` before loading a model): low = max(1, k − 1)."""
+    return max(1, get_method(method).k - 1), int(steps)
+
+
+def _max_abs(x: Any) -> float:
+    """max |x| as a Python float (NaN if x has NaN)."""
+    return float(abs(x).max())
+
+
 def _check_flag(value: Any, name: str) -> None:
     if not is_bool(value):
         raise TypeError(f"{name}={value!r} must be a bool (True or False)")
@@ -418,8 +430,9 @@ class _Evaluator:
     method keeps it past the next model call.
     """
 
-    def __init__(self, solver: Solver, eps_fn: EpsFn, direction: str):
+    def __init__(self, solver: Solver, eps_fn: EpsFn, direction: str, scale: float):
         self.solver, self.eps_fn, self.direction = solver, eps_fn, direction
+        self.scale = scale  # max |x| of the starting state (read only when ε is non-finite)
         self.step = 0
         self._borrowed = None
 
@@ -441,8 +454,8 @@ class _Evaluator:
         dtype = solver.state_dtype if solver.state_dtype is not None else arrays.dtype_name(x)
         eps = arrays.to_state(raw, dtype, "eps")
         if solver.check_finite and not arrays.all_finite(eps):
-            if not arrays.all_finite(x):
-                raise ValueError(solver._blow_up_message(self.direction, self.step, index))
+            if not arrays.all_finite(x) or _max_abs(x) > 1e6 * self.scale:
+                raise ValueError(solver._blow_up_message(self.direction, self.step, index, self.scale, _max_abs(x)))
             raise ValueError(f"eps_fn returned non-finite values (NaN or inf) at {where} (t={t}) for a finite input")
         self._borrowed = eps if (eps is raw and raw is not x_in) else None
         return eps
