@@ -142,6 +142,7 @@ class Solver:
             if steps is None:
                 raise ValueError("give steps=N (with an optional spacing=) or timesteps=array")
             timesteps = schedule.timesteps(steps, spacing)
+            schedule.check_grid(timesteps, steps, spacing if spacing is not None else schedule.default_spacing)
         elif spacing is not None or (steps is not None and steps != len(timesteps)):
             raise ValueError(
                 f"timesteps= fixes the grid; do not also pass spacing={spacing!r} or a different steps={steps!r}"
@@ -441,6 +442,8 @@ class _Evaluator:
         t = solver.grid.t(index)
         x_in = arrays.copy(x)  # eps_fn may write to its input
         raw = self.eps_fn(x_in, t)
+        returned_input = raw is x_in  # (an ε that returns its argument returns our copy)
+        del x_in  # free the copy before ε is cast and checked: the peak stays where it was
         where = f"{self.direction} step {self.step}"
         if arrays.is_torch(raw) != arrays.is_torch(x) or not hasattr(raw, "shape"):
             raise TypeError(
@@ -457,12 +460,13 @@ class _Evaluator:
             if not arrays.all_finite(x) or _max_abs(x) > 1e6 * self.scale:
                 raise ValueError(solver._blow_up_message(self.direction, self.step, index, self.scale, _max_abs(x)))
             raise ValueError(f"eps_fn returned non-finite values (NaN or inf) at {where} (t={t}) for a finite input")
-        self._borrowed = eps if (eps is raw and raw is not x_in) else None
+        # remember the buffer by id only: holding it would keep it alive and raise the peak
+        self._borrowed = id(eps) if (eps is raw and not returned_input) else None
         return eps
 
     def own(self, eps: Any) -> Any:
         """eps, copied if it is the model's output buffer (which its next call may overwrite)."""
-        if eps is not None and eps is self._borrowed:
+        if eps is not None and id(eps) == self._borrowed:  # (a reused id of a freed buffer: one copy too many)
             self._borrowed = None
             return arrays.copy(eps)
         return eps
