@@ -339,10 +339,10 @@ class Solver:
     def _to_state(self, x: Any, parameter: str) -> Any:
         state = arrays.to_state(x, self.state_dtype, parameter)
         if self.check_finite and not arrays.all_finite(state):
+            overflow = " (it was finite before the cast to state_dtype: its values overflow it)"
             raise ValueError(
-                f"{parameter} contains NaN or inf values: the input must be finite "
-                + ("(it was finite before the cast to state_dtype; its values overflow it)" if arrays.all_finite(x)
-                   else "")
+                f"{parameter} contains NaN or inf values: the input must be finite"
+                + (overflow if arrays.all_finite(x) else "")
             )
         if self.state_dtype is None and arrays.dtype_name(state) in ("float16", "bfloat16"):
             warnings.warn(
