@@ -210,13 +210,13 @@ def edit(
         raise ValueError(f"edit needs a text-conditional model; {pipe.path} is unconditional (no prompts)")
     image = _check_image_batch(pipe, image, "image")
     solver = make_solver(pipe, steps, method, spacing)
-    low = max(1, solver.method.k - 1)
-    if isinstance(freeze, bool) or not isinstance(freeze, (int, np.integer)) or not 0 <= freeze <= solver.steps - low:
+    low, N = solver.until_range
+    if isinstance(freeze, bool) or not isinstance(freeze, (int, np.integer)) or not 0 <= freeze <= N - low:
         raise ValueError(
-            f"freeze={freeze!r} must be an integer in [0, {solver.steps - low}] (fewer than steps={solver.steps}; "
+            f"freeze={freeze!r} must be an integer in [0, {N - low}] (fewer than steps={N}; "
             f"{solver.method.signature()} keeps at least {low} inversion step(s))"
         )
-    until = solver.steps - int(freeze)
+    until = N - int(freeze)
     eps_src = pipe.eps_fn(source_prompt, negative_prompt, guidance_scale)
     eps_tgt = pipe.eps_fn(target_prompt, negative_prompt, guidance_scale)
     z0 = pipe.encode(image)

@@ -166,8 +166,17 @@ def run_edit(args) -> int:
     from . import apps
     from .images import image_strip, load_image, save_image
 
-    if args.freeze < 0 or args.freeze >= args.steps:
-        raise ValueError(f"--freeze={args.freeze} must be in [0, steps) (steps={args.steps})")
+    from belm_core.solver import until_range
+
+    from .apps import make_method
+
+    if args.steps >= 1:  # (_setup reports a bad --steps)
+        low, N = until_range(make_method(args.method, gamma=args.gamma, p=args.p), args.steps)
+        if not 0 <= args.freeze <= N - low:
+            raise ValueError(
+                f"--freeze={args.freeze} must be in [0, {N - low}] (steps={N}; the method keeps at least {low} "
+                "inversion step(s))"
+            )
     pipe, method, size = _setup(args)
     image = load_image(args.image, size)
     result = apps.edit(

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["is_torch", "to_state", "cast_to", "dtype_name", "all_finite", "resolve_dtype", "finfo_eps"]
+__all__ = ["is_torch", "to_state", "cast_to", "copy", "dtype_name", "all_finite", "resolve_dtype", "finfo_eps"]
 
 FLOAT_NAMES = ("float64", "float32", "float16", "bfloat16")
 
@@ -71,6 +71,11 @@ def cast_to(x: Any, dtype: str) -> Any:
     if is_torch(x):
         return x.to(getattr(_torch(), dtype))
     return x.astype(dtype, copy=False)
+
+
+def copy(x: Any) -> Any:
+    """A fresh array with x's contents (same kind, dtype and device; differentiable for torch)."""
+    return x.clone() if is_torch(x) else x.copy()
 
 
 def all_finite(x: Any) -> bool:

@@ -1,7 +1,10 @@
 """The time grid a solver walks: model times plus α, σ, σ̄ at each point.
 
 Points are indexed as in the paper: i = N is the noisiest, i = 1 the last model time,
-and i = 0 the clean end state with α_0 = 1, σ̄_0 = 0 (MATH.md §1). Step sizes are
+and i = 0 the end state: by default the clean state with α_0 = 1, σ̄_0 = 0 (MATH.md §1).
+With `end="t_min"` the trajectory ends instead at the schedule's smallest model time
+t_min (for `DiscreteVP` the first training timestep, ᾱ_0: diffusers'
+`set_alpha_to_one=False`). Step sizes are
 
     h_i = σ̄_i − σ̄_{i−1} > 0,  i = 1 … N.
 
@@ -12,23 +15,28 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
 from .schedules import NoiseSchedule
 
-__all__ = ["Grid", "make_grid"]
+__all__ = ["Grid", "make_grid", "End"]
+
+#: where a trajectory ends: the clean state (α = 1, σ̄ = 0) or the schedule's smallest model time
+End = Literal["clean", "t_min"]
 
 
 @dataclass(frozen=True, eq=False)
 class Grid:
-    """α, σ̄ and h on the points i = 0 … N (index 0 = clean state).
+    """α, σ̄ and h on the points i = 0 … N (index 0 = the end state).
 
     Attributes:
         timesteps: (N,) model times, noisiest first (t_N, …, t_1).
-        alpha: (N+1,) α_i, alpha[0] = 1.
-        sigma_bar: (N+1,) σ̄_i, sigma_bar[0] = 0.
-        h: (N+1,) h_i = σ̄_i − σ̄_{i−1}; h[0] is NaN (no step ends below the clean state).
+        alpha: (N+1,) α_i; alpha[0] = 1 for end="clean", α(t_min) for end="t_min".
+        sigma_bar: (N+1,) σ̄_i; sigma_bar[0] = 0 for end="clean", σ̄(t_min) for end="t_min".
+        h: (N+1,) h_i = σ̄_i − σ̄_{i−1}; h[0] is NaN (no step ends below the end state).
+        end: "clean" or "t_min".
     """
 
     schedule: NoiseSchedule
@@ -37,6 +45,7 @@ class Grid:
     sigma_bar: np.ndarray
     h: np.ndarray
     key: str = field(repr=False)
+    end: End = "clean"
 
     @property
     def N(self) -> int:
@@ -55,8 +64,19 @@ class Grid:
         return self.schedule.model_time(self.timesteps[self.N - i])
 
 
-def make_grid(schedule: NoiseSchedule, timesteps) -> Grid:
-    """Validate model times (noisiest first) and tabulate α, σ̄, h with the clean end appended."""
+def make_grid(schedule: NoiseSchedule, timesteps, end: End = "clean") -> Grid:
+    """Validate model times (noisiest first) and tabulate α, σ̄, h with the end state appended.
+
+    end="clean" appends the clean state α = 1, σ̄ = 0. end="t_min" appends the point at
+    the schedule's smallest model time t_min. When the last model time already is t_min
+    (up to rounding: 1e-9 of the schedule's time range),
+    the final step would have zero length: diffusers' DDIM takes it anyway (one more
+    model call whose update is the identity, x_{t_min} → x_{t_min}); here that step is
+    dropped, so t_min is the end state itself, the grid has one step fewer, and the
+    result is the same state without the extra model call.
+    """
+    if end not in ("clean", "t_min"):
+        raise ValueError(f"end={end!r} must be 'clean' or 't_min'")
     t = np.asarray(timesteps)
     if t.ndim != 1 or t.size < 1:
         raise ValueError(f"timesteps must be a non-empty 1-D array, got shape {t.shape}")
@@ -79,11 +99,21 @@ def make_grid(schedule: NoiseSchedule, timesteps) -> Grid:
             f"{t[j]!r} → {t[j + 1]!r} at positions {j}, {j + 1}"
         )
     schedule.check_times(t)
+    if end == "t_min" and t[-1] - schedule.t_min <= 1e-9 * (schedule.t_max - schedule.t_min):  # (rounding)
+        t = t[:-1]  # the last model time is the end state itself (zero-length final step)
+        if t.size == 0:
+            raise ValueError(
+                f"timesteps={[float(schedule.t_min)]} with end='t_min' leave no step: the only model time is t_min"
+            )
 
-    # paper index order: i = 0 (clean) … N (noisiest)
+    # paper index order: i = 0 (end state) … N (noisiest)
     t_up = t[::-1]
-    alpha = np.concatenate([[1.0], schedule.alpha(t_up)])
-    sigma_bar = np.concatenate([[0.0], schedule.sigma_bar(t_up)])
+    if end == "clean":
+        alpha_end, sigma_bar_end = 1.0, 0.0
+    else:
+        alpha_end, sigma_bar_end = float(schedule.alpha(schedule.t_min)), float(schedule.sigma_bar(schedule.t_min))
+    alpha = np.concatenate([[alpha_end], schedule.alpha(t_up)])
+    sigma_bar = np.concatenate([[sigma_bar_end], schedule.sigma_bar(t_up)])
     h = np.concatenate([[np.nan], np.diff(sigma_bar)])
     if np.any(h[1:] <= 0):
         raise ValueError("σ̄ must increase strictly along the timesteps; the schedule is not monotone there")
@@ -95,4 +125,5 @@ def make_grid(schedule: NoiseSchedule, timesteps) -> Grid:
         sigma_bar=sigma_bar,
         h=h,
         key=digest,
+        end=end,
     )

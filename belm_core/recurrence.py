@@ -111,16 +111,22 @@ def step(table: Table, i: int, xs: Sequence[Any], eps: Sequence[Any]) -> Any:
     return linear_combination(c + [w for w, _ in used], list(xs) + [e for _, e in used])
 
 
-def inverse_step(table: Table, i: int, x_near: Any, xs_inner: Sequence[Any], eps: Sequence[Any]) -> Any:
-    """x_{i−1+k} = (x_{i−1} − Σ_{j<k} c_{i,j} x_{i−1+j} − Σ_{j<k} d_{i,j} ε_{i−1+j}) / c_{i,k}.
+def inverse_step(
+    table: Table, i: int, x_near: Any, xs_inner: Sequence[Any], eps: Sequence[Any], *, eps_far: Any = None
+) -> Any:
+    """x_{i−1+k} = (x_{i−1} − Σ_{j<k} c_{i,j} x_{i−1+j} − Σ_{j<k} d_{i,j} ε_{i−1+j} − d_{i,k} ε_far) / c_{i,k}.
 
     `x_near` is x_{i−1}; `xs_inner[j−1]` is x_{i−1+j} and `eps[j−1]` is ε_{i−1+j} for j < k.
-    Exact only when d_{i,k} = 0.
+    Exact when d_{i,k} = 0. A relation with d_{i,k} ≠ 0 (DDIM) needs ε at the unknown far
+    end; `eps_far` supplies a stand-in for it (DDIM inversion passes ε(x_{i−1}, t_i),
+    MATH.md §2), and the result is then only approximate.
     """
     c, d = table.coefficients(i)
-    if d[-1] != 0.0:
+    if d[-1] != 0.0 and eps_far is None:
         raise ValueError(f"the relation at grid index {i} evaluates ε at its far end; it has no exact inverse")
     inv = 1.0 / c[-1]
     weights = [inv] + [-w * inv for w in c[:-1]]
     used = [(-w * inv, e) for w, e in zip(d[:-1], eps) if w != 0.0]
+    if d[-1] != 0.0:
+        used.append((-d[-1] * inv, eps_far))
     return linear_combination(weights + [w for w, _ in used], [x_near, *xs_inner] + [e for _, e in used])

@@ -94,6 +94,10 @@ class NoiseSchedule(ABC):
     def _grid(self, steps: int, spacing: str) -> np.ndarray:
         """Model times for a validated spacing name."""
 
+    def check_grid(self, t: np.ndarray, steps: int, spacing: str) -> None:
+        """Raise ValueError, in terms of `steps` and `spacing`, when the grid they give is unusable."""
+        self.check_times(t)
+
     def check_times(self, t: np.ndarray) -> None:
         """Raise ValueError unless every model time lies in [t_min, t_max]."""
         bad = (t < self.t_min) | (t > self.t_max)
@@ -204,11 +208,25 @@ class DiscreteVP(NoiseSchedule):
             t = np.linspace(0, T - 1, steps).round()[::-1]
         elif spacing == "leading":
             t = (np.arange(0, steps) * (T // steps)).round()[::-1] + self.steps_offset
+
         else:  # trailing: T − 1, T − 1 − T/N, … (diffusers' np.arange(T, 0, −T/N) yields N + 1
             # points for 62 of the N ≤ 1000, ending at −1; we keep exactly N and agree elsewhere)
             delta = (T - T / steps) - T  # the increment np.arange uses, so round-half ties agree
             t = np.round(T + np.arange(steps) * delta) - 1
         return t.astype(np.int64)
+
+    def check_grid(self, t: np.ndarray, steps: int, spacing: str) -> None:
+        """A "leading" grid shifted by `steps_offset` can start past the last training timestep
+        (1000 steps, offset 1: t = 1000; diffusers builds the same grid): say so in those terms."""
+        T = self.num_train_timesteps
+        if spacing == "leading" and t[0] > T - 1:
+            fit = max((n for n in range(1, T + 1) if (n - 1) * (T // n) + self.steps_offset <= T - 1), default=0)
+            raise ValueError(
+                f"steps={steps} with spacing='leading' and steps_offset={self.steps_offset} would start past the "
+                f"last training timestep {T - 1}; use steps ≤ {fit}, spacing='trailing' or 'linspace', "
+                "or steps_offset=0"
+            )
+        super().check_grid(t, steps, spacing)
 
     def _repr_args(self) -> str:
         return f"T={self.num_train_timesteps}, steps_offset={self.steps_offset}"

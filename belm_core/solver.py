@@ -10,11 +10,30 @@ callback); a method owns one step and its inverse (`belm_core.methods`).
 `eps_fn(x, t)` receives the state (in `state_dtype`, float64 by default) and the
 schedule's model time as a Python number, and returns ε with x's shape. Exactness
 needs `eps_fn` to be deterministic: the same input must give the same output.
+
+What `eps_fn` and a callback do to their arguments cannot reach the solver: `eps_fn`
+gets a copy of the state (one state-sized copy per model call, so an ε that writes to
+its input, `x *= c`, is harmless), an ε the solver keeps past the next model call is
+copied once when the model's output is the very buffer it returned (so an ε that reuses
+one output buffer is harmless; ε converted to another dtype is already a fresh array),
+and a callback gets a copy of the state.
+
+Autograd (torch): by default both directions run under `torch.no_grad()`, as diffusers
+pipelines do, and return tensors without a graph even for a `requires_grad` input.
+`grad=True` (on `sample` and `invert`) records the graph instead, so gradients flow
+through every step to the input and to whatever ε depends on (its parameters, a
+conditioning tensor). That keeps every intermediate state and ε's own activations
+alive until `backward()`: memory grows like O(N) states plus N model graphs. Exact
+inversion would allow O(1)-memory backpropagation (recompute each state from the next
+one with the inverse step instead of storing it, as reversible networks do); that is
+not implemented here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence
@@ -22,11 +41,12 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 
 from . import arrays
-from .grid import Grid, make_grid
+from .checks import is_bool, is_index, is_real
+from .grid import End, Grid, make_grid
 from .methods import Carry, Method, get_method
 from .schedules import NoiseSchedule, Spacing
 
-__all__ = ["Solver", "Latent", "AmplificationWarning", "PrecisionWarning", "EpsFn"]
+__all__ = ["Solver", "Latent", "AmplificationWarning", "PrecisionWarning", "EpsFn", "until_range"]
 
 EpsFn = Callable[[Any, Any], Any]
 Callback = Callable[[dict], None]
@@ -93,7 +113,11 @@ class Solver:
         allow_unstable: run a method whose sampling recurrence is not zero-stable.
         check_finite: check every ε for NaN/inf (one reduction per model call).
         amplification_tol: warn when inversion's round-off amplification times the
-            state dtype's epsilon exceeds this relative error.
+            state dtype's epsilon exceeds this relative error (a finite number > 0).
+        end: where trajectories end: "clean" (α = 1, σ̄ = 0, the default) or "t_min",
+            the schedule's smallest model time (for `DiscreteVP` ᾱ_0, diffusers'
+            `set_alpha_to_one=False`). If the last model time already is t_min, that
+            zero-length final step is dropped (see `belm_core.grid.make_grid`).
     """
 
     def __init__(
@@ -108,6 +132,7 @@ class Solver:
         allow_unstable: bool = False,
         check_finite: bool = True,
         amplification_tol: float = 1e-6,
+        end: End = "clean",
     ):
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a belm_core NoiseSchedule, got {type(schedule).__name__}")
@@ -117,14 +142,22 @@ class Solver:
             if steps is None:
                 raise ValueError("give steps=N (with an optional spacing=) or timesteps=array")
             timesteps = schedule.timesteps(steps, spacing)
+            schedule.check_grid(timesteps, steps, spacing if spacing is not None else schedule.default_spacing)
         elif spacing is not None or (steps is not None and steps != len(timesteps)):
             raise ValueError(
                 f"timesteps= fixes the grid; do not also pass spacing={spacing!r} or a different steps={steps!r}"
             )
-        self.grid: Grid = make_grid(schedule, timesteps)
+        _check_flag(allow_unstable, "allow_unstable")
+        _check_flag(check_finite, "check_finite")
+        if not is_real(amplification_tol, finite=False):
+            raise TypeError(f"amplification_tol={amplification_tol!r} must be a real number (a relative error, e.g. 1e-6)")
+        if not (np.isfinite(amplification_tol) and amplification_tol > 0):
+            raise ValueError(f"amplification_tol={amplification_tol!r} must be a finite number > 0 (e.g. 1e-6)")
+        self.grid: Grid = make_grid(schedule, timesteps, end=end)
         if self.grid.N < self.method.min_steps:
+            dropped = " (end='t_min' dropped the zero-length last step)" if self.grid.N < len(timesteps) else ""
             raise ValueError(
-                f"steps={self.grid.N} is too few for {self.method.signature()}: it needs at least "
+                f"steps={self.grid.N}{dropped} is too few for {self.method.signature()}: it needs at least "
                 f"{self.method.min_steps} (k = {self.method.k} states)"
             )
         stability = self.method.stability()
@@ -155,6 +188,15 @@ class Solver:
     def steps(self) -> int:
         return self.grid.N
 
+    @property
+    def until_range(self) -> tuple[int, int]:
+        """(low, N): the grid indices `invert(until=K)` accepts, low ≤ K ≤ N.
+
+        A partial latent must hold k states above the end state, so K ≥ max(1, k − 1).
+        Editing's `freeze` (inversion steps left out) is N − K, in [0, N − low].
+        """
+        return until_range(self.method, self.grid.N)
+
     def amplification(self, until: int | None = None) -> float:
         """Round-off amplification of inverting to grid index `until` (default N): Π|1/c_{i,k}|.
 
@@ -182,21 +224,25 @@ class Solver:
         *,
         progress: bool = False,
         callback: Callback | None = None,
+        grad: bool = False,
     ) -> Any:
         """x_0 from a Latent (exact reconstruction) or from a lone x_T (start-up from x_T alone).
 
         Returns x_0 in the input's array type and dtype (a Latent's recorded `dtype`).
+        `grad=True` (torch only) records the autograd graph; by default none is built
+        (see the module docstring for what the graph costs in memory).
         """
-        if isinstance(x, Latent):
-            index = self._check_latent(x)
-            states = [self._to_state(s, "latent.states") for s in x.states]
-            out_dtype = x.dtype or arrays.dtype_name(x.states[0])
-            carry = self.method.from_latent(self._plan, states, index)
-        else:
-            out_dtype = self._input_dtype(x, "x")
-            carry = self.method.start(self._plan, self._to_state(x, "x"), self.grid.N)
-        carry = self._run("sample", eps_fn, carry, 0, progress, callback)
-        return arrays.cast_to(self.method.output(carry), out_dtype)
+        with self._autograd(grad, x.states[0] if isinstance(x, Latent) else x):
+            if isinstance(x, Latent):
+                index = self._check_latent(x)
+                states = [self._to_state(s, f"latent.states[{n}]") for n, s in enumerate(x.states)]
+                out_dtype = x.dtype or arrays.dtype_name(x.states[0])
+                carry = self.method.from_latent(self._plan, states, index)
+            else:
+                out_dtype = self._input_dtype(x, "x")
+                carry = self.method.start(self._plan, self._to_state(x, "x"), self.grid.N)
+            carry = self._run("sample", eps_fn, carry, 0, progress, callback)
+            return arrays.cast_to(self.method.output(carry), out_dtype)
 
     def invert(
         self,
@@ -206,18 +252,22 @@ class Solver:
         until: int | None = None,
         progress: bool = False,
         callback: Callback | None = None,
+        grad: bool = False,
     ) -> Latent:
         """The Latent from which `sample` rebuilds x0 exactly.
 
         `until` = K stops at grid index K (a partial trajectory for editing, MATH.md §7);
-        sampling from that Latent starts at index K.
+        sampling from that Latent starts at index K (valid K: `until_range`).
+        `grad=True` (torch only) records the autograd graph, as in `sample`.
         """
         self.method.check_invertible()
         until = self._check_until(until)
         out_dtype = self._input_dtype(x0, "x0")
-        self._warn_amplification(until)
-        carry = self.method.inverse_start(self._plan, self._to_state(x0, "x0"))
-        carry = self._run("invert", eps_fn, carry, until, progress, callback)
+        with self._autograd(grad, x0):
+            state = self._to_state(x0, "x0")
+            self._warn_amplification(until, arrays.dtype_name(state))
+            carry = self.method.inverse_start(self._plan, state)
+            carry = self._run("invert", eps_fn, carry, until, progress, callback)
         return Latent(
             states=self.method.latent_states(carry),
             index=until,
@@ -230,23 +280,28 @@ class Solver:
     def _run(self, direction: str, eps_fn: EpsFn, carry: Carry, target: int, progress: bool, callback) -> Carry:
         if not callable(eps_fn):
             raise TypeError(f"eps_fn must be callable as eps_fn(x, t), got {type(eps_fn).__name__}")
-        total = abs(carry.index - target)
-        counter = {"step": 0}
-        evaluate = self._evaluator(eps_fn, counter, direction)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable as callback(info), got {type(callback).__name__}")
+        total = abs(self.method.head(carry, direction)[0] - target)
+        evaluate = _Evaluator(self, eps_fn, direction, _max_abs(self.method.head(carry, direction)[1]))
         advance = self.method.step if direction == "sample" else self.method.inverse_step
         from tqdm.auto import tqdm
 
         with tqdm(total=total, disable=not progress, desc=direction, leave=False) as bar:
             for n in range(1, total + 1):
-                counter["step"] = n
+                evaluate.step = n
                 carry = advance(self._plan, carry, evaluate)
                 bar.update(1)
                 if callback is not None:
                     callback(self._callback_info(direction, n, total, carry))
+        if self.check_finite:
+            index, x = self.method.head(carry, direction)
+            if not arrays.all_finite(x):
+                raise ValueError(self._blow_up_message(direction, total, index, evaluate.scale, _max_abs(x)))
         return carry
 
     def _callback_info(self, direction: str, n: int, total: int, carry: Carry) -> dict:
-        i = carry.index
+        i, x = self.method.head(carry, direction)
         return {
             "direction": direction,
             "step": n,
@@ -254,35 +309,41 @@ class Solver:
             "index": i,
             "t": self.grid.t(i) if i >= 1 else None,
             "sigma_bar": float(self.grid.sigma_bar[i]),
-            "x": self.method.output(carry),
+            "x": arrays.copy(x),  # the callback may write to it; the state stays untouched
         }
 
-    def _evaluator(self, eps_fn: EpsFn, counter: dict, direction: str):
-        grid, dtype, check = self.grid, self.state_dtype, self.check_finite
+    def _blow_up_message(self, direction: str, step: int, index: int, start: float, now: float) -> str:
+        t = self.grid.t(index) if index >= 1 else "end"
+        return (
+            f"the solver state became non-finite (NaN or inf) or blew up by {direction} step {step} "
+            f"(grid index {index}, t={t}): max |x| went from {start:.3g} at the start to {now:.3g}, with finite "
+            "inputs. The recurrence amplifies what it is given: check solver.amplification() "
+            f"(= {self.amplification():.3g} over the full inversion; e.g. BDIA with a small gamma or EDICT with a "
+            "small p divide by it every step) and the scale of ε (e.g. an extreme guidance scale)"
+        )
 
-        def evaluate(x, index: int):
-            t = grid.t(index)
-            eps = eps_fn(x, t)
-            where = f"{direction} step {counter['step']}"
-            if arrays.is_torch(eps) != arrays.is_torch(x) or not hasattr(eps, "shape"):
-                raise TypeError(
-                    f"eps_fn returned {type(eps).__name__} at {where} (t={t}); expected the same array type as x "
-                    f"({type(x).__name__})"
-                )
-            if tuple(eps.shape) != tuple(x.shape):
-                raise ValueError(
-                    f"eps_fn returned shape {tuple(eps.shape)} at {where} (t={t}); expected x's shape {tuple(x.shape)}"
-                )
-            eps = arrays.to_state(eps, dtype if dtype is not None else arrays.dtype_name(x), "eps")
-            if check and not arrays.all_finite(eps):
-                raise ValueError(f"eps_fn returned non-finite values (NaN or inf) at {where} (t={t})")
-            return eps
-
-        return evaluate
+    @contextlib.contextmanager
+    def _autograd(self, grad: bool, x: Any):
+        """no_grad by default, enable_grad with grad=True (torch inputs); nothing for NumPy."""
+        _check_flag(grad, "grad")
+        if not arrays.is_torch(x):
+            if grad:
+                raise ValueError(f"grad=True needs torch tensors; got {type(x).__name__} (NumPy has no autograd)")
+            yield
+            return
+        torch = sys.modules["torch"]
+        with torch.enable_grad() if grad else torch.no_grad():
+            yield
 
     # -- checks ----------------------------------------------------------------------------
     def _to_state(self, x: Any, parameter: str) -> Any:
         state = arrays.to_state(x, self.state_dtype, parameter)
+        if self.check_finite and not arrays.all_finite(state):
+            overflow = " (it was finite before the cast to state_dtype: its values overflow it)"
+            raise ValueError(
+                f"{parameter} contains NaN or inf values: the input must be finite"
+                + (overflow if arrays.all_finite(x) else "")
+            )
         if self.state_dtype is None and arrays.dtype_name(state) in ("float16", "bfloat16"):
             warnings.warn(
                 f"{parameter} is {arrays.dtype_name(state)} and state_dtype=None keeps it: the round trip loses "
@@ -300,10 +361,10 @@ class Solver:
         return name if name in arrays.FLOAT_NAMES else "float64"
 
     def _check_until(self, until: int | None) -> int:
-        N, low = self.grid.N, max(1, self.method.k - 1)
+        low, N = self.until_range
         if until is None:
             return N
-        if isinstance(until, bool) or not isinstance(until, (int, np.integer)) or not low <= until <= N:
+        if not is_index(until) or not low <= until <= N:
             raise ValueError(f"until={until!r} must be an integer grid index in [{low}, {N}]")
         return int(until)
 
@@ -329,16 +390,83 @@ class Solver:
             raise ValueError(f"latent.index={latent.index!r} must be an integer grid index in [{low}, {self.grid.N}]")
         return int(index)
 
-    def _warn_amplification(self, until: int) -> None:
+    def _warn_amplification(self, until: int, dtype: str) -> None:
+        """Warn when Π|1/c_{i,k}| times the epsilon of the effective state dtype exceeds the tolerance."""
         amp = self.amplification(until)
-        eps = arrays.finfo_eps(self.state_dtype or "float64")
+        eps = arrays.finfo_eps(dtype)
         if amp * eps > self.amplification_tol:
             stability = self.method.stability()
             note = "" if stability is None or stability.inverse else " (the inverse recurrence is not zero-stable)"
             warnings.warn(
                 f"inverting {self.method.signature()} over {until} steps amplifies round-off by {amp:.3g}{note}; "
-                f"with a {self.state_dtype or 'float64'} state the reconstruction may be off by ~{amp * eps:.1e} "
+                f"with a {dtype} state the reconstruction may be off by ~{amp * eps:.1e} "
                 "relative. Use fewer steps, BDIA's gamma closer to 1, or O-BELM",
                 AmplificationWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
+
+
+def until_range(method: str | Method, steps: int) -> tuple[int, int]:
+    """(low, N) of `Solver.until_range` for a method on an N-step grid, without building a Solver
+    (the CLI checks `--freeze` before loading a model): low = max(1, k − 1)."""
+    return max(1, get_method(method).k - 1), int(steps)
+
+
+def _max_abs(x: Any) -> float:
+    """max |x| as a Python float (NaN if x has NaN)."""
+    return float(abs(x).max())
+
+
+def _check_flag(value: Any, name: str) -> None:
+    if not is_bool(value):
+        raise TypeError(f"{name}={value!r} must be a bool (True or False)")
+
+
+class _Evaluator:
+    """`evaluate(x, index)` for the methods: ε from `eps_fn`, checked and cast to the state
+    dtype, with the solver's state shielded from what `eps_fn` does.
+
+    `eps_fn` gets a copy of x. The returned ε may be the model's own output buffer
+    ("borrowed": at most one at a time, the latest); `own(eps)` copies it once when a
+    method keeps it past the next model call.
+    """
+
+    def __init__(self, solver: Solver, eps_fn: EpsFn, direction: str, scale: float):
+        self.solver, self.eps_fn, self.direction = solver, eps_fn, direction
+        self.scale = scale  # max |x| of the starting state (read only when ε is non-finite)
+        self.step = 0
+        self._borrowed = None
+
+    def __call__(self, x: Any, index: int) -> Any:
+        solver = self.solver
+        t = solver.grid.t(index)
+        x_in = arrays.copy(x)  # eps_fn may write to its input
+        raw = self.eps_fn(x_in, t)
+        returned_input = raw is x_in  # (an ε that returns its argument returns our copy)
+        del x_in  # free the copy before ε is cast and checked: the peak stays where it was
+        where = f"{self.direction} step {self.step}"
+        if arrays.is_torch(raw) != arrays.is_torch(x) or not hasattr(raw, "shape"):
+            raise TypeError(
+                f"eps_fn returned {type(raw).__name__} at {where} (t={t}); expected the same array type as x "
+                f"({type(x).__name__})"
+            )
+        if tuple(raw.shape) != tuple(x.shape):
+            raise ValueError(
+                f"eps_fn returned shape {tuple(raw.shape)} at {where} (t={t}); expected x's shape {tuple(x.shape)}"
+            )
+        dtype = solver.state_dtype if solver.state_dtype is not None else arrays.dtype_name(x)
+        eps = arrays.to_state(raw, dtype, "eps")
+        if solver.check_finite and not arrays.all_finite(eps):
+            if not arrays.all_finite(x) or _max_abs(x) > 1e6 * self.scale:
+                raise ValueError(solver._blow_up_message(self.direction, self.step, index, self.scale, _max_abs(x)))
+            raise ValueError(f"eps_fn returned non-finite values (NaN or inf) at {where} (t={t}) for a finite input")
+        # remember the buffer by id only: holding it would keep it alive and raise the peak
+        self._borrowed = id(eps) if (eps is raw and not returned_input) else None
+        return eps
+
+    def own(self, eps: Any) -> Any:
+        """eps, copied if it is the model's output buffer (which its next call may overwrite)."""
+        if eps is not None and id(eps) == self._borrowed:  # (a reused id of a freed buffer: one copy too many)
+            self._borrowed = None
+            return arrays.copy(eps)
+        return eps

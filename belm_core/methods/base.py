@@ -1,47 +1,74 @@
-"""Method interface and the shared linear-multistep machinery.
+"""Method interface, the typed plans, and the shared linear-multistep machinery.
 
 A method owns its coefficients; the driver (`belm_core.solver`) owns the loop. The
 solver state is an explicit `Carry` that `start`/`step` create and return, so nothing
-hidden is mutated (diffrax's init/step style).
+hidden is mutated (diffrax's init/step style). What a method precomputes for one grid
+is a small frozen *plan*: `MultistepPlan` (grid + x-space tables by k) for the linear
+multistep family, `EdictPlan` (grid + a_i, b_i) for EDICT.
 
 Linear multistep methods (DDIM, BDIA, O-BELM, BELM-k) only provide bar-space
 coefficient tables `a, b` (MATH.md §3); `LinearMultistep` turns them into x-space
 tables once per grid and runs the recurrence and its exact inverse from
-`belm_core.recurrence`, with the start-up of MATH.md §3: a lone x_N is advanced by
-DDIM, then by lower-k BELM steps until k states exist; inversion starts with one
-DDIM-inversion step x_0 → x_1 and continues with exact inverse steps.
+`belm_core.recurrence`, with the start-up of MATH.md §3 (`methods.startup`): a lone
+x_N is advanced by DDIM, then by lower-k BELM steps until k states exist; inversion
+starts with one DDIM-inversion step x_0 → x_1 (the k = 1 relation solved for its far
+end) and continues with exact inverse steps.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from .. import recurrence
 from ..grid import Grid
+from .startup import startup_ladder
 
-__all__ = ["Carry", "Method", "LinearMultistep", "Stability", "Evaluate"]
+__all__ = ["Carry", "Method", "LinearMultistep", "Stability", "Evaluate", "MultistepPlan", "nan_tables"]
 
-#: evaluate(x, grid_index) -> ε at x with the model time of that grid index
-Evaluate = Callable[[Any, int], Any]
+
+class Evaluate(Protocol):
+    """ε at a state with the model time of a grid index, as the driver hands it to a method.
+
+    `evaluate(x, index)` may return the model's own output buffer, which the model may
+    reuse on its next call; `evaluate.own(eps)` returns an ε that the method may keep
+    past the next evaluation (a copy only when needed).
+    """
+
+    def __call__(self, x: Any, index: int) -> Any: ...
+
+    def own(self, eps: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
 class Carry:
     """Explicit solver state.
 
-    index: grid index of the newest state (the lowest one while sampling, the highest
-        one while inverting).
-    xs: states, oldest first in the walking direction (so xs[-1] is the newest).
-    eps: ε already evaluated at those states (None where not yet needed).
+    index: grid index of xs[0].
+    xs: states in ascending grid index, in both directions: xs[j] sits at index + j
+        (linear multistep); EDICT's pair (x, y) both sit at `index`.
+    eps: eps[j] is ε(xs[j]) at xs[j]'s own model time, or None where not evaluated.
     """
 
     index: int
     xs: tuple
     eps: tuple = ()
+
+
+@dataclass(frozen=True, eq=False)
+class MultistepPlan:
+    """A linear multistep method on one grid: x-space tables by k (start-up and own)."""
+
+    grid: Grid
+    tables: Mapping[int, recurrence.Table]
+
+
+def nan_tables(grid: Grid, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bar-space tables a, b of shape (N+1, k), all NaN: rows are filled where defined."""
+    return np.full((grid.N + 1, k), np.nan), np.full((grid.N + 1, k), np.nan)
 
 
 @dataclass(frozen=True)
@@ -92,7 +119,7 @@ class Method(ABC):
     # -- explicit-state interface used by the driver --------------------------------------
     @abstractmethod
     def prepare(self, grid: Grid) -> Any:
-        """Precompute everything a grid needs (coefficient tables in float64)."""
+        """Precompute everything a grid needs (a frozen plan; coefficients in float64)."""
 
     @abstractmethod
     def start(self, plan: Any, x: Any, index: int) -> Carry:
@@ -104,7 +131,7 @@ class Method(ABC):
 
     @abstractmethod
     def inverse_start(self, plan: Any, x0: Any) -> Carry:
-        """Inversion state at the clean end, grid index 0."""
+        """Inversion state at the end of the trajectory, grid index 0."""
 
     @abstractmethod
     def inverse_step(self, plan: Any, carry: Carry, evaluate: Evaluate) -> Carry:
@@ -118,9 +145,15 @@ class Method(ABC):
     def from_latent(self, plan: Any, states: Sequence[Any], index: int) -> Carry:
         """Sampling state from a latent whose first (noisiest) state sits at `index`."""
 
+    def head(self, carry: Carry, direction: str) -> tuple[int, Any]:
+        """(grid index, state) of the newest state in the walking direction."""
+        if direction == "sample":
+            return carry.index, carry.xs[0]
+        return carry.index + len(carry.xs) - 1, carry.xs[-1]
+
     def output(self, carry: Carry) -> Any:
         """x_0 from the final sampling carry."""
-        return carry.xs[-1]
+        return carry.xs[0]
 
     @abstractmethod
     def amplification(self, plan: Any, until: int) -> float:
@@ -136,79 +169,85 @@ class LinearMultistep(Method):
 
     def ladder(self) -> list[LinearMultistep]:
         """Methods with 1, 2, …, k states: the start-up steps, then this method."""
-        from .obelm import startup_ladder
-
         return startup_ladder(self.k)[: self.k - 1] + [self]
 
-    def prepare(self, grid: Grid) -> dict[int, recurrence.Table]:
-        tables = {}
-        for m in self.ladder():
-            tables[m.k] = recurrence.x_space_table(*m.bar_table(grid), grid)
-        return {"grid": grid, "tables": tables}
+    def prepare(self, grid: Grid) -> MultistepPlan:
+        tables = {m.k: recurrence.x_space_table(*m.bar_table(grid), grid) for m in self.ladder()}
+        return MultistepPlan(grid=grid, tables=tables)
 
     # sampling ------------------------------------------------------------------------
     def start(self, plan, x, index):
         return Carry(index=index, xs=(x,), eps=(None,))
 
     def from_latent(self, plan, states, index):
-        return Carry(index=index - self.k + 1, xs=tuple(states), eps=(None,) * len(states))
+        return Carry(index=index - self.k + 1, xs=tuple(reversed(states)), eps=(None,) * len(states))
 
-    def step(self, plan, carry, evaluate):
+    def step(self, plan: MultistepPlan, carry: Carry, evaluate: Evaluate) -> Carry:
         i = carry.index  # newest state x_i; compute x_{i−1}
         kk = min(len(carry.xs), self.k)
-        table = plan["tables"][kk]
-        xs = carry.xs[::-1][:kk]  # xs[j−1] = x_{i−1+j}
-        eps = list(carry.eps[::-1][:kk])
-        for j in table.eps_slots(i):
-            if eps[j - 1] is None:
-                eps[j - 1] = evaluate(xs[j - 1], i - 1 + j)
+        table = plan.tables[kk]
+        xs = carry.xs[:kk]  # xs[j−1] = x_{i−1+j}
+        eps = _fill_eps(table, i, xs, list(carry.eps[:kk]), i, evaluate)
         x_new = recurrence.step(table, i, xs, eps)
-        new_eps = carry.eps[: len(carry.xs) - kk] + tuple(eps[::-1])
-        return self._advance(i - 1, carry.xs + (x_new,), new_eps + (None,))
+        return self._keep(evaluate, i - 1, (x_new, *carry.xs), (None, *eps, *carry.eps[kk:]), lowest=True)
 
     # inversion -----------------------------------------------------------------------
     def inverse_start(self, plan, x0):
         return Carry(index=0, xs=(x0,), eps=(None,))
 
-    def inverse_step(self, plan, carry, evaluate):
-        top = carry.index
-        grid: Grid = plan["grid"]
+    def inverse_step(self, plan: MultistepPlan, carry: Carry, evaluate: Evaluate) -> Carry:
+        top = carry.index + len(carry.xs) - 1
         if len(carry.xs) == 1:
-            # DDIM inversion x̄_{top+1} ≈ x̄_top + h_{top+1} ε(x_top, t_{top+1}) (MATH.md §2)
-            x = carry.xs[-1]
-            e = evaluate(x, top + 1)
-            r = float(grid.alpha[top + 1])
-            x_new = recurrence.linear_combination(
-                [r / float(grid.alpha[top]), r * float(grid.h[top + 1])], [x, e]
-            )
-            # ε(x_top, t_{top+1}) is not ε at x_top's own time: nothing to cache
-            return self._advance(top + 1, carry.xs + (x_new,), (None,) * (len(carry.xs) + 1))
+            # DDIM inversion (MATH.md §2): the k = 1 relation solved for x_{top+1}, with
+            # ε(x_top, t_{top+1}) standing in for ε at the unknown far end; ε at x_top's
+            # own time is still unknown, so nothing is cached
+            x = carry.xs[0]
+            x_new = recurrence.inverse_step(plan.tables[1], top + 1, x, (), (), eps_far=evaluate(x, top + 1))
+            return self._keep(evaluate, carry.index, (x, x_new), (None, None), lowest=False)
         kk = min(len(carry.xs), self.k)  # known states the relation uses
-        table = plan["tables"][kk]
+        table = plan.tables[kk]
         i = top + 2 - kk
         window = carry.xs[-kk:]  # (x_{i−1}, x_i, …, x_{top})
-        eps = list(carry.eps[-kk:])
-        for j in table.eps_slots(i):
-            if eps[j] is None:
-                eps[j] = evaluate(window[j], i - 1 + j)
-        x_new = recurrence.inverse_step(table, i, window[0], window[1:], eps[1:])
-        new_eps = carry.eps[: len(carry.xs) - kk] + tuple(eps)
-        return self._advance(top + 1, carry.xs + (x_new,), new_eps + (None,))
+        eps = _fill_eps(table, i, window[1:], list(carry.eps[-kk + 1 :]) if kk > 1 else [], i, evaluate)
+        x_new = recurrence.inverse_step(table, i, window[0], window[1:], eps)
+        eps_all = (*carry.eps[: len(carry.xs) - kk + 1], *eps, None)
+        return self._keep(evaluate, carry.index, (*carry.xs, x_new), eps_all, lowest=False)
 
-    def _advance(self, index: int, xs: tuple, eps: tuple) -> Carry:
-        """Keep the k newest states; drop ε of the oldest kept one (no later step reads it)."""
-        xs, eps = xs[-self.k :], eps[-self.k :]
-        if len(xs) == self.k:
-            eps = (None,) + eps[1:]
+    def _keep(self, evaluate: Evaluate, index: int, xs: tuple, eps: tuple, lowest: bool) -> Carry:
+        """Keep the k newest states (the lowest while sampling); drop ε of the state that
+        leaves next (no later step reads it), and own the ε that stay."""
+        k = self.k
+        if len(xs) > k:
+            if lowest:
+                xs, eps = xs[:k], eps[:k]
+            else:
+                index, xs, eps = index + len(xs) - k, xs[-k:], eps[-k:]
+        if len(xs) == k:
+            eps = (*eps[:-1], None) if lowest else (None, *eps[1:])
+        eps = tuple(None if e is None else evaluate.own(e) for e in eps)
         return Carry(index=index, xs=xs, eps=eps)
 
     def latent_states(self, carry):
-        return tuple(carry.xs[::-1])
+        return tuple(reversed(carry.xs))
 
-    def amplification(self, plan, until):
+    def amplification(self, plan: MultistepPlan, until: int) -> float:
         product = 1.0
         for top in range(1, until):
             kk = min(top + 1, self.k)
-            c = plan["tables"][kk].c
+            c = plan.tables[kk].c
             product *= abs(1.0 / c[top + 2 - kk, kk - 1])
         return product
+
+
+def _fill_eps(table: recurrence.Table, i: int, xs: Sequence[Any], eps: list, row: int, evaluate: Evaluate) -> list:
+    """ε_{i−1+j} for the slots j the relation at row i reads, evaluating the missing ones.
+
+    `xs[j−1]` is x_{i−1+j} (j = 1 … len(xs)); ε kept in `eps` is reused. Every ε but the
+    last one evaluated is owned, since a later evaluation may overwrite the model's buffer.
+    """
+    eps = eps + [None] * (len(xs) - len(eps))
+    missing = [j for j in table.eps_slots(row) if j <= len(xs) and eps[j - 1] is None]
+    for n, j in enumerate(missing):
+        e = evaluate(xs[j - 1], i - 1 + j)
+        eps[j - 1] = e if n == len(missing) - 1 else evaluate.own(e)
+    return eps

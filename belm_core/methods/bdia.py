@@ -12,12 +12,11 @@ First order.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from ..checks import is_real
 from ..grid import Grid
-from .base import LinearMultistep, Stability
+from .base import LinearMultistep, Stability, nan_tables
 
 
 class BDIA(LinearMultistep):
@@ -28,8 +27,11 @@ class BDIA(LinearMultistep):
     order = 1
 
     def __init__(self, gamma: float = 1.0):
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma):
-            raise ValueError(f"gamma={gamma!r} must be a finite real number (BDIA uses γ in (0, 1])")
+        if not is_real(gamma) or gamma < 0:
+            raise ValueError(
+                f"gamma={gamma!r} must be a finite real number ≥ 0 (BDIA uses γ in (0, 1]; γ = 0 is DDIM, "
+                "which has no exact inverse, and γ > 1 is unstable when sampling)"
+            )
         self.gamma = float(gamma)
 
     def signature(self) -> str:
@@ -40,8 +42,7 @@ class BDIA(LinearMultistep):
             raise ValueError("gamma=0.0 makes BDIA plain DDIM, which has no exact inverse; use gamma in (0, 1]")
 
     def bar_table(self, grid: Grid):
-        a = np.full((grid.N + 1, 2), np.nan)
-        b = np.full((grid.N + 1, 2), np.nan)
+        a, b = nan_tables(grid, 2)
         if grid.N >= 2:
             g = self.gamma * grid.alpha[2:] / grid.alpha[:-2]  # γ' for rows i = 1 … N−1
             h_i, h_ip1 = grid.h[1:-1], grid.h[2:]
@@ -54,5 +55,5 @@ class BDIA(LinearMultistep):
     def stability(self):
         # equal steps, α ratio → 1: ρ(ζ) = ζ² − (1−γ)ζ − γ = (ζ − 1)(ζ + γ)
         roots = np.array([1.0, -self.gamma])
-        stable_sampling = abs(self.gamma) < 1.0 or self.gamma == 1.0  # γ = −1 would make ζ = 1 a double root
-        return Stability(sampling=stable_sampling, inverse=abs(self.gamma) >= 1.0 and stable_sampling, roots=roots)
+        # γ ≥ 0 (checked at construction): stable when sampling for γ ≤ 1, inverting for γ ≥ 1
+        return Stability(sampling=self.gamma <= 1.0, inverse=self.gamma == 1.0, roots=roots)

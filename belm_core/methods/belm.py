@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from ..grid import Grid
-from .base import LinearMultistep, Stability
+from .base import LinearMultistep, Stability, nan_tables
 
 
 class BELM(LinearMultistep):
@@ -72,8 +72,7 @@ class BELM(LinearMultistep):
 
     def bar_table(self, grid: Grid):
         k = self.k
-        a = np.full((grid.N + 1, k), np.nan)
-        b = np.full((grid.N + 1, k), np.nan)
+        a, b = nan_tables(grid, k)
         n = grid.N - k + 1  # rows i = 1 … N−k+1
         if n > 0:
             H = np.stack([grid.h[1 + j : 1 + j + n] for j in range(k)], axis=1)  # H[r, j] = h_{i+j}

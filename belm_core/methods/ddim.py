@@ -10,13 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..grid import Grid
-from .base import LinearMultistep
+from .base import LinearMultistep, nan_tables
 
 
 def ddim_bar_table(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     """a_{i,1} = 1, b_{i,1} = −1 for i = 1 … N."""
-    a = np.full((grid.N + 1, 1), np.nan)
-    b = np.full((grid.N + 1, 1), np.nan)
+    a, b = nan_tables(grid, 1)
     a[1:], b[1:] = 1.0, -1.0
     return a, b
 

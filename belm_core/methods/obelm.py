@@ -11,14 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..grid import Grid
-from .base import LinearMultistep, Stability
-from .ddim import DDIM
+from .base import LinearMultistep, Stability, nan_tables
 
 
 def obelm_bar_table(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     """Eq. 18 coefficients for every row i = 1 … N−1 (h_i, h_{i+1} > 0 read from the grid)."""
-    a = np.full((grid.N + 1, 2), np.nan)
-    b = np.full((grid.N + 1, 2), np.nan)
+    a, b = nan_tables(grid, 2)
     if grid.N >= 2:
         h_i, h_ip1 = grid.h[1:-1], grid.h[2:]
         r2 = (h_i / h_ip1) ** 2
@@ -42,16 +40,3 @@ class OBELM(LinearMultistep):
     def stability(self):
         return Stability(sampling=True, inverse=True, roots=np.array([1.0, -1.0]))
 
-
-def startup_ladder(k: int) -> list[LinearMultistep]:
-    """Start-up methods with 1 … k states: DDIM, O-BELM, then LTE-optimal BELM-m.
-
-    Each is used for a single step while a k-step method builds its history, so the
-    instability of LTE-optimal m ≥ 3 relations never compounds.
-    """
-    ladder: list[LinearMultistep] = [DDIM(), OBELM()]
-    if k > 2:
-        from .belm import BELM
-
-        ladder += [BELM(m) for m in range(3, k + 1)]
-    return ladder[:k]
