@@ -13,7 +13,7 @@ Importing belm_core imports neither torch nor sympy (sympy loads on first `deriv
 from .grid import Grid, make_grid
 from .methods import BDIA, BELM, DDIM, EDICT, METHODS, OBELM, LinearMultistep, Method, get_method
 from .schedules import VE, CosineVP, DiscreteVP, EDM, LinearVP, NoiseSchedule
-from .solver import AmplificationWarning, Latent, PrecisionWarning, Solver
+from .solver import AmplificationWarning, Latent, LatentMetadataWarning, PrecisionWarning, Solver
 
 __version__ = "0.1.0"
 
@@ -29,7 +29,7 @@ def derive(k: int, *, fix=None):
 
 
 __all__ = [
-    "Solver", "Latent", "AmplificationWarning", "PrecisionWarning",
+    "Solver", "Latent", "LatentMetadataWarning", "AmplificationWarning", "PrecisionWarning",
     "NoiseSchedule", "DiscreteVP", "LinearVP", "CosineVP", "VE", "EDM",
     "Grid", "make_grid",
     "Method", "LinearMultistep", "DDIM", "BDIA", "EDICT", "OBELM", "BELM", "METHODS", "get_method",

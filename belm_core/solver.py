@@ -32,10 +32,8 @@ not implemented here.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 import warnings
-from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
@@ -43,10 +41,13 @@ import numpy as np
 from . import arrays
 from .checks import is_bool, is_index, is_real
 from .grid import End, Grid, make_grid
+from .latent import Latent, LatentMetadataWarning, check_for as check_latent
 from .methods import Carry, Method, get_method
 from .schedules import NoiseSchedule, Spacing
 
-__all__ = ["Solver", "Latent", "AmplificationWarning", "PrecisionWarning", "EpsFn", "until_range"]
+__all__ = [
+    "Solver", "Latent", "LatentMetadataWarning", "AmplificationWarning", "PrecisionWarning", "EpsFn", "until_range",
+]
 
 EpsFn = Callable[[Any, Any], Any]
 Callback = Callable[[dict], None]
@@ -61,42 +62,6 @@ class AmplificationWarning(RuntimeWarning):
 
 class PrecisionWarning(UserWarning):
     """The solver state is held in a low-precision dtype."""
-
-
-@dataclass(frozen=True, eq=False)
-class Latent:
-    """The states exact reconstruction needs, noisiest first.
-
-    `(x_T, x_{T−1})` for 2-step methods, `(x, y)` for EDICT, `(x_T,)` for DDIM.
-
-    Attributes:
-        states: tuple of arrays of one shape.
-        index: grid index of states[0]; None means the noisiest point N.
-        method: signature of the method that made it (None: not checked).
-        grid_key: fingerprint of the grid it was made on (None: not checked).
-        dtype: dtype `sample` returns (None: the states' dtype).
-    """
-
-    states: tuple
-    index: int | None = None
-    method: str | None = None
-    grid_key: str | None = None
-    dtype: str | None = None
-
-    def __post_init__(self):
-        states = self.states
-        if arrays.is_torch(states) or isinstance(states, np.ndarray) or not isinstance(states, (tuple, list)):
-            raise TypeError("Latent(states) takes a tuple of arrays, noisiest first, e.g. Latent((x_T, x_T_minus_1))")
-        if len(states) == 0:
-            raise ValueError("Latent(states) needs at least one state")
-        shapes = {tuple(s.shape) for s in states}
-        if len(shapes) != 1:
-            raise ValueError(f"Latent states must share one shape, got {sorted(shapes)}")
-        object.__setattr__(self, "states", tuple(states))
-
-    def replace(self, **changes) -> Latent:
-        """A copy with some fields changed (e.g. interpolated states)."""
-        return dataclasses.replace(self, **changes)
 
 
 class Solver:
@@ -369,26 +334,7 @@ class Solver:
         return int(until)
 
     def _check_latent(self, latent: Latent) -> int:
-        sig = self.method.signature()
-        if latent.method is not None and latent.method != sig:
-            raise ValueError(
-                f"this Latent was made by method {latent.method!r}, but this solver runs {sig!r}; "
-                "sample with the solver that inverted it"
-            )
-        if latent.grid_key is not None and latent.grid_key != self.grid.key:
-            raise ValueError(
-                "this Latent was made on a different time grid (schedule, steps, spacing or timesteps); "
-                "sample with the solver that inverted it"
-            )
-        if len(latent.states) != self.method.k:
-            raise ValueError(
-                f"latent.states has {len(latent.states)} state(s); {sig} needs {self.method.k}, noisiest first"
-            )
-        index = self.grid.N if latent.index is None else latent.index
-        low = max(1, self.method.k - 1)
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not low <= index <= self.grid.N:
-            raise ValueError(f"latent.index={latent.index!r} must be an integer grid index in [{low}, {self.grid.N}]")
-        return int(index)
+        return check_latent(latent, self.method, self.grid)
 
     def _warn_amplification(self, until: int, dtype: str) -> None:
         """Warn when Π|1/c_{i,k}| times the epsilon of the effective state dtype exceeds the tolerance."""
