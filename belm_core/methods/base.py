@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import recurrence
 from ..grid import Grid
+from ..stability import Stability
 
 __all__ = ["Carry", "Method", "LinearMultistep", "Stability", "Evaluate"]
 
@@ -42,19 +43,6 @@ class Carry:
     index: int
     xs: tuple
     eps: tuple = ()
-
-
-@dataclass(frozen=True)
-class Stability:
-    """Zero-stability verdicts from the roots of ρ(ζ) for equal steps (MATH.md §5)."""
-
-    sampling: bool
-    inverse: bool
-    roots: np.ndarray
-
-    @property
-    def both(self) -> bool:
-        return self.sampling and self.inverse
 
 
 class Method(ABC):
