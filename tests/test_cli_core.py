@@ -50,3 +50,94 @@ def test_coeffs_bad_input_exits_2(capsys):
 def test_belm_without_command_prints_help(capsys):
     assert main([]) == 2
     assert "demo" in capsys.readouterr().out
+
+
+# -- belm coeffs: --fix is parsed, never evaluated; k is bounded; a slow solve is stopped --------
+
+PAYLOADS = [
+    "__import__('os').system('touch {flag}')",
+    "open('{flag}', 'w')",
+    "(lambda: __import__('os'))()",
+    "c.__class__.__base__",
+    "exec('x')",
+    "c(1)",
+    "c[0]",
+    "c if c else 1",
+    "c // 2",
+    "c**c",
+    "2**(2**100)",
+    "1j",
+    "c_1",
+    "a2",
+]
+
+
+def test_coeffs_fix_payloads_never_run(tmp_path, capsys):
+    flag = tmp_path / "PWNED"
+    for payload in PAYLOADS:
+        value = payload.format(flag=flag)
+        assert main(["coeffs", "--k", "3", "--fix", f"a1={value}"]) == 2, value
+        err = capsys.readouterr().err
+        assert "not allowed" in err and "--fix a1" in err, (value, err)
+    assert not flag.exists()
+
+
+def test_coeffs_fix_names_the_offending_token():
+    from belm.coeffs import parse_fix_value
+
+    for text, token in [("c + os.getcwd", "os.getcwd"), ("1 + f(c)", "f(c)"), ("c_0", "_"), ("a1 + c", "a1"),
+                        ("c % 2", "%"), ("c**0.5", "0.5")]:
+        try:
+            parse_fix_value(text)
+        except ValueError as exc:
+            assert repr(token) in str(exc), (text, str(exc))
+        else:
+            raise AssertionError(f"{text!r} was accepted")
+
+
+def test_coeffs_fix_builds_exact_expressions_without_eval(monkeypatch):
+    import builtins
+
+    import sympy
+
+    from belm.coeffs import parse_fix_value
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the --fix parser evaluated its input")
+
+    monkeypatch.setattr(builtins, "eval", forbidden)
+    monkeypatch.setattr(builtins, "exec", forbidden)
+    monkeypatch.setattr(sympy, "sympify", forbidden)
+    monkeypatch.setattr(sympy, "parse_expr", forbidden)
+    c, gamma = sympy.symbols("c gamma")
+    assert parse_fix_value("0.1*c**2 - 3/c") == sympy.Rational(1, 10) * c**2 - 3 / c  # 0.1 read as 1/10
+    assert parse_fix_value("-(gamma + 1)**-2 * 1e-3") == -sympy.Rational(1, 1000) / (gamma + 1) ** 2
+    assert parse_fix_value(" 2 ") == 2
+
+
+def test_coeffs_fix_with_a_parameter_gives_the_stable_family(capsys):
+    assert main(["coeffs", "--k", "3", "--fix", "a3=1", "a1=c+1", "a2=-c-1", "--param", "c=0.5"]) == 0
+    text = capsys.readouterr().out
+    assert "order 2" in text and "sampling: stable" in text and "inverse:  stable" in text
+
+
+def test_coeffs_bounds_k_before_any_work(capsys):
+    import time
+
+    for argv, bound in [(["--k", "7"], "2 ≤ k ≤ 6"), (["--k", "10"], "2 ≤ k ≤ 6"),
+                        (["--k", "5", "--fix", "a5=1"], "2 ≤ k ≤ 4"), (["--k", "0"], "2 ≤ k ≤ 6")]:
+        t = time.perf_counter()
+        assert main(["coeffs", *argv]) == 2
+        assert time.perf_counter() - t < 1.0
+        assert bound in capsys.readouterr().err
+
+
+def test_coeffs_time_limit_stops_a_slow_solve(capsys):
+    import time
+
+    t = time.perf_counter()
+    assert main(["coeffs", "--k", "4", "--fix", "a1=c/(d+1)", "b1=e", "--time-limit", "0.5"]) == 2
+    assert time.perf_counter() - t < 5.0
+    assert "--time-limit 0.5" in capsys.readouterr().err
+    assert main(["coeffs", "--k", "2", "--time-limit", "nan"]) == 2
+    assert "--time-limit" in capsys.readouterr().err

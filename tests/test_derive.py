@@ -16,7 +16,6 @@ import sympy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import belm_core.derivation as D
 from belm_core.derivation import BEST_STABLE_C3, derive, format_derivation, stable_family, taylor_residuals
 
 C = sympy.Symbol("c")
@@ -210,9 +209,20 @@ def test_zero_a_k_has_no_inverse():
     assert np.any(np.isinf(stab.inverse_roots))
 
 
+def _propagation_bound_k3(c):
+    """Γ(c) = cos²(θ/4) / (sin(θ/2) sin θ), c = 2 cos θ: sup_n |γ_n| for ρ = (ζ−1)(ζ² − cζ + 1).
+
+    γ_n, the coefficients of 1/((1 − z)(1 − cz + z²)), are the recurrence's response to a
+    unit local error (see BEST_STABLE_C3's docstring); the next test checks the closed
+    form against the recurrence itself.
+    """
+    theta = math.acos(c / 2.0)
+    return math.cos(theta / 4) ** 2 / (math.sin(theta / 2) * math.sin(theta))
+
+
 def test_best_stable_c3_minimises_propagated_error():
     def objective(c):
-        return D._propagation_bound_k3(c) * abs(stable_family(3).error_constant(c=c))
+        return _propagation_bound_k3(c) * abs(stable_family(3).error_constant(c=c))
 
     best = objective(BEST_STABLE_C3)
     for delta in (0.05, 0.01, 1e-3):
@@ -224,14 +234,15 @@ def test_best_stable_c3_minimises_propagated_error():
     assert np.all(np.diff(consts) > 0)
 
 
-def test_propagation_bound_matches_the_recurrence():
-    c = BEST_STABLE_C3
-    a = (c + 1, -(c + 1), 1.0)
+@pytest.mark.parametrize("c", [BEST_STABLE_C3, -1.5, 0.3])
+def test_propagation_bound_matches_the_recurrence(c):
+    # γ_n from the derived equal-step a's, run as the recurrence γ_n = Σ_j a_j γ_{n−j}
+    a, _ = stable_family(3).equal_step_coefficients(c=c)
     g = [1.0, a[0], a[0] ** 2 + a[1]]
     for n in range(3, 60000):
         g.append(a[0] * g[-1] + a[1] * g[-2] + a[2] * g[-3])
-    assert max(abs(v) for v in g) == pytest.approx(D._propagation_bound_k3(c), rel=1e-3)
-    assert D._propagation_bound_k3(-1.0) == pytest.approx(1.0, abs=1e-12)
+    assert max(abs(v) for v in g) == pytest.approx(_propagation_bound_k3(c), rel=1e-3)
+    assert _propagation_bound_k3(-1.0) == pytest.approx(1.0, abs=1e-12)
 
 
 # -- evaluate -----------------------------------------------------------------------------------
@@ -339,3 +350,59 @@ def test_format_stable_family():
     assert "sampling: stable" in text and "inverse:  stable" in text
     assert "UNSTABLE" not in text
     assert str(derive(2)).count("\n  a_{i,") == 2
+
+
+# -- the shared Stability verdict (belm_core.stability, no sympy) ------------------------------
+
+
+def test_stability_fills_reciprocal_roots_and_multiplicities():
+    from belm_core.stability import Stability
+
+    s = Stability(sampling=True, inverse=False, roots=np.array([1.0, -0.5, 0.0]))
+    np.testing.assert_array_equal(s.inverse_roots, [1.0, -2.0, np.inf])
+    np.testing.assert_array_equal(s.multiplicities, [1, 1, 1])
+    assert not s.both
+    with pytest.raises(TypeError, match="sampling"):
+        Stability(sampling="yes", inverse=True, roots=np.array([1.0]))
+    with pytest.raises(ValueError, match="multiplicities"):
+        Stability(sampling=True, inverse=True, roots=np.array([1.0, -1.0]), multiplicities=np.array([1]))
+
+
+@pytest.mark.parametrize(
+    "roots, sampling, inverse",
+    [
+        ([1.0, -1.0], True, True),  # O-BELM: ρ = (ζ − 1)(ζ + 1)
+        ([1.0, -0.5], True, False),  # BDIA γ = 0.5: the inverse grows like 2^n
+        ([1.0, -2.0], False, True),
+        ([1.0, -1.0, -1.0], False, False),  # double root on the circle: linear growth both ways
+        ([1.0, 0.0], True, False),  # a_k = 0: no inverse
+    ],
+)
+def test_stability_from_roots_verdicts(roots, sampling, inverse):
+    from belm_core.stability import Stability
+
+    s = Stability.from_roots(np.array(roots))
+    assert (s.sampling, s.inverse, s.both) == (sampling, inverse, sampling and inverse)
+
+
+def test_stability_from_numeric_roots_sees_a_split_triple_root():
+    from belm_core.stability import Stability
+
+    # np.roots splits the triple root of (ζ + 1)³ by ~1e-5; it must not pass as three simple roots
+    roots = np.roots(np.poly([-1.0, -1.0, -1.0, 1.0]))
+    assert np.abs(roots[:, None] - roots[None, :]).max() > 1e-9  # really split
+    s = Stability.from_roots(roots)
+    assert not s.sampling and not s.inverse
+    assert sorted(s.multiplicities.tolist()) == [1, 3, 3, 3]
+
+
+@pytest.mark.parametrize("c", [-1.5, BEST_STABLE_C3, 0.7])
+def test_numeric_and_exact_stability_agree(c):
+    from belm_core.methods import BELM
+    from belm_core.stability import Stability
+
+    exact = stable_family(3).stability(c=c)
+    numeric = Stability.from_roots(np.roots([1.0, *(-stable_family(3).equal_step_coefficients(c=c)[0])]))
+    assert exact.both and numeric.both
+    method = BELM.stable(c=c).stability()
+    assert isinstance(method, Stability) and method.both

@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import recurrence
 from ..grid import Grid
+from ..stability import Stability
 from .startup import startup_ladder
 
 __all__ = ["Carry", "Method", "LinearMultistep", "Stability", "Evaluate", "MultistepPlan", "nan_tables"]
@@ -69,19 +70,6 @@ class MultistepPlan:
 def nan_tables(grid: Grid, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Bar-space tables a, b of shape (N+1, k), all NaN: rows are filled where defined."""
     return np.full((grid.N + 1, k), np.nan), np.full((grid.N + 1, k), np.nan)
-
-
-@dataclass(frozen=True)
-class Stability:
-    """Zero-stability verdicts from the roots of ρ(ζ) for equal steps (MATH.md §5)."""
-
-    sampling: bool
-    inverse: bool
-    roots: np.ndarray
-
-    @property
-    def both(self) -> bool:
-        return self.sampling and self.inverse
 
 
 class Method(ABC):

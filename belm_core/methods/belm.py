@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from ..grid import Grid
-from .base import LinearMultistep, Stability, nan_tables
+from .base import LinearMultistep, nan_tables
 
 
 class BELM(LinearMultistep):
@@ -83,5 +83,4 @@ class BELM(LinearMultistep):
         return a, b
 
     def stability(self):
-        s = self.derivation.stability(**self.params)
-        return Stability(sampling=bool(s.sampling), inverse=bool(s.inverse), roots=np.asarray(s.roots))
+        return self.derivation.stability(**self.params)

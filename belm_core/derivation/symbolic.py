@@ -1,44 +1,24 @@
-"""Symbolic derivation of k-step BELM coefficients, their order and stability (MATH.md §3–5).
+"""Symbolic solve for k-step BELM coefficients: `derive` and the `Derivation` it returns (MATH.md §3–4).
 
-Bar form (x̄ = x/α, σ̄ = σ/α, ε = dx̄/dσ̄ along the exact solution). Sampling walks
-the grid index i downward; the step sizes are positive,
-
-    h_i = σ̄_i − σ̄_{i−1} > 0,
-
-and one k-step BELM step is (MATH.md §3)
+One step (bar form, positive steps h_i = σ̄_i − σ̄_{i−1}, MATH.md §3):
 
     x̄_{i−1} = Σ_{j=1..k} a_{i,j} x̄_{i−1+j} + Σ_{j=1..k−1} b_{i,j} h_{i−1+j} ε(x_{i−1+j}).
 
-Taylor conditions (MATH.md §4). Put the exact solution into the step and expand about
-σ̄_{i−1}. With the positions s_j = σ̄_{i−1+j} − σ̄_{i−1} = h_i + … + h_{i−1+j}, the term
-in x̄^{(m)}(σ̄_{i−1}) vanishes iff
+The unknowns solve the Taylor conditions R_0 = … = R_p = 0 of `conditions` (linear in
+a, b; coefficients polynomial in the positions s_j = h_i + … + h_{i−1+j}). A method
+meeting R_0 … R_p has local error R_{p+1} x̄^{(p+1)} + … = O(H^{p+1}), H = s_k, and
+global order p if zero-stable. All 2k−1 conditions R_0 … R_{2k−2} fix all 2k−1
+unknowns: the LTE-optimal method of order 2k−2. That solve is Hermite interpolation
+(Σ a_j p(s_j) + Σ b_j h_{i−1+j} p'(s_j) = p(0) for every polynomial p of degree
+≤ 2k−2), so it has a closed form, and no k-step BELM reaches order 2k−1.
 
-    R_m := Σ_{j=1..k} a_{i,j} s_j^m / m! + Σ_{j=1..k−1} b_{i,j} h_{i−1+j} s_j^{m−1} / (m−1)! − [m = 0] = 0
-
-(the b-sum only for m ≥ 1). A method that meets R_0 … R_p has local error
-R_{p+1} x̄^{(p+1)} + … = O(H^{p+1}) with H = s_k, and global convergence order p
-(if zero-stable). Imposing R_0 … R_{2k−2} gives 2k−1 linear equations in the 2k−1
-unknowns: the LTE-optimal method of order 2k−2. It is Hermite interpolation — the
-rule Σ a_j p(s_j) + Σ b_j h_{i−1+j} p'(s_j) = p(0) is exact for every polynomial p
-of degree ≤ 2k−2 — so no k-step BELM reaches order 2k−1.
-
-Stability (MATH.md §5). With equal steps the a_{i,j} are constants and the step's
-characteristic polynomial is ρ(ζ) = ζ^k − a_1 ζ^{k−1} − … − a_k. Sampling is
-zero-stable iff every root has |ζ| ≤ 1 and the roots with |ζ| = 1 are simple; the
-exact inverse step runs the same relation the other way, whose roots are 1/ζ (this
-needs a_k ≠ 0). Stable both ways ⇔ all roots simple and on the unit circle.
-
-The LTE-optimal k = 3 method, ρ = (ζ−1)(ζ² + 10ζ + 1), is violently unstable, so
-`derive` accepts `fix=` to pin coefficients (possibly to expressions in free
-symbols) and then matches as many Taylor conditions as remain satisfiable:
-fixing trades order for stability. `stable_family` builds the families whose ρ has
-all roots on the unit circle. Two known members, as checks:
+`fix=` pins coefficients (numbers or expressions in free symbols) and the rest are
+solved from the longest prefix R_0 … R_p that can still hold for all positive h:
+fixing trades order for stability (MATH.md §5). Two known members, as checks:
 
 * ``derive(2)`` is O-BELM (paper Prop. 4);
 * ``derive(2, fix={"a2": gamma})`` is BDIA in bar form (MATH.md §6, with γ' = γ):
   a = (1 − γ, γ), b_1 = −(h_i + γ h_{i+1}) / h_i, order 1.
-
-sympy is imported here (not by ``belm_core``); torch never is.
 """
 
 from __future__ import annotations
@@ -55,166 +35,12 @@ import numpy as np
 import sympy
 from sympy.polys.matrices import DomainMatrix
 
-__all__ = [
-    "BEST_STABLE_C3",
-    "Derivation",
-    "Stability",
-    "coefficient_names",
-    "derive",
-    "format_derivation",
-    "stable_family",
-    "step_symbols",
-    "taylor_residuals",
-]
+from ..stability import Stability
+from .conditions import _check_k, _condition_row, _positions, coefficient_names, step_symbols
+from .report import format_derivation
+from .stability import equal_step_stability, roots_with_multiplicity
 
-#: Tolerance on ||ζ| − 1| for "on the unit circle", and on the distance of two roots
-#: for "the same root" (numerical multiplicity; exact multiplicities are used when the
-#: equal-step coefficients are rational).
-ROOT_TOL = 1e-9
-
-_ZETA = sympy.Symbol("zeta")
-
-
-# ------------------------------------------------------------------------------------
-# symbols and names
-# ------------------------------------------------------------------------------------
-
-
-def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, Integral):
-        raise ValueError(f"k must be an int >= 2 (the number of steps); got k={k!r}")
-    k = int(k)
-    if k < 2:
-        raise ValueError(
-            f"k={k}: a BELM needs k >= 2. k = 1 would be x̄_{{i−1}} = a_1 x̄_i with no ε term "
-            "(a_1 = 1, no step at all); the one-step sampler is DDIM, which is not a "
-            "bidirectional explicit method (its inversion is inexact, MATH.md §2)."
-        )
-    return k
-
-
-def step_symbols(k: int) -> tuple[sympy.Symbol, ...]:
-    """The positive sympy symbols (h_i, h_{i+1}, …, h_{i+k−1}), named "h_i", "h_i+1", …."""
-    k = _check_k(k)
-    return tuple(sympy.Symbol("h_i" if j == 0 else f"h_i+{j}", positive=True) for j in range(k))
-
-
-def coefficient_names(k: int) -> tuple[str, ...]:
-    """("a1", …, "ak", "b1", …, "b{k−1}"): the keys `derive(k, fix=…)` accepts."""
-    k = _check_k(k)
-    return tuple(f"a{j}" for j in range(1, k + 1)) + tuple(f"b{j}" for j in range(1, k))
-
-
-def _positions(k: int) -> tuple[sympy.Symbol, ...]:
-    # s_j = h_i + … + h_{i−1+j}: used as independent variables while solving, because
-    # the Taylor conditions are far sparser in s than in h.
-    return tuple(sympy.Symbol(f"s_{j}", positive=True) for j in range(1, k + 1))
-
-
-def _condition_row(m: int, s: Sequence[sympy.Expr], k: int) -> tuple[list[sympy.Expr], sympy.Expr]:
-    """Coefficients of (a_1..a_k, b_1..b_{k−1}) in R_m, and the constant [m = 0], in s."""
-    hh = [s[0]] + [s[j] - s[j - 1] for j in range(1, k)]
-    row = [s[j] ** m / sympy.factorial(m) for j in range(k)]
-    if m == 0:
-        row += [sympy.Integer(0)] * (k - 1)
-    else:
-        row += [sympy.expand(hh[j] * s[j] ** (m - 1)) / sympy.factorial(m - 1) for j in range(k - 1)]
-    return row, sympy.Integer(1 if m == 0 else 0)
-
-
-# ------------------------------------------------------------------------------------
-# numeric Taylor residuals (used by tests, and useful for checking any coefficient set)
-# ------------------------------------------------------------------------------------
-
-
-def taylor_residuals(a: Any, b: Any, h: Any, orders: Sequence[int] | int) -> np.ndarray:
-    """R_m for numeric coefficients, float64.
-
-    a: (..., k), b: (..., k−1), h: (..., k) with column j = h_{i+j}; returns
-    (..., len(orders)) with R_m = Σ_j a_j s_j^m/m! + Σ_{j<k} b_j h_{i−1+j} s_j^{m−1}/(m−1)! − [m=0],
-    s_j = h_i + … + h_{i−1+j}. An int `orders` means range(orders + 1).
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    h = np.asarray(h, dtype=np.float64)
-    ms = list(range(orders + 1)) if isinstance(orders, Integral) else [int(m) for m in orders]
-    s = np.cumsum(h, axis=-1)
-    out = []
-    for m in ms:
-        r = np.sum(a * s**m, axis=-1) / math.factorial(m) - (1.0 if m == 0 else 0.0)
-        if m >= 1:
-            r = r + np.sum(b * h[..., :-1] * s[..., :-1] ** (m - 1), axis=-1) / math.factorial(m - 1)
-        out.append(r)
-    return np.stack(out, axis=-1)
-
-
-# ------------------------------------------------------------------------------------
-# stability
-# ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class Stability:
-    """Zero-stability verdict for equal steps.
-
-    roots: roots ζ of ρ(ζ) = ζ^k − a_1 ζ^{k−1} − … − a_k (sampling direction);
-    multiplicities: multiplicity of each entry of `roots` (a root of multiplicity m is listed m times);
-    inverse_roots: 1/ζ, the roots of the inverse recurrence (inf where ζ = 0);
-    sampling: |ζ| ≤ 1 for all roots and roots with |ζ| = 1 simple;
-    inverse: a_k ≠ 0, |1/ζ| ≤ 1 for all roots and roots with |ζ| = 1 simple.
-    """
-
-    sampling: bool
-    inverse: bool
-    roots: np.ndarray
-    inverse_roots: np.ndarray
-    multiplicities: np.ndarray
-
-    @property
-    def both(self) -> bool:
-        """Stable for sampling and for inversion: all roots simple and on |ζ| = 1."""
-        return self.sampling and self.inverse
-
-
-def _roots_with_multiplicity(a: Sequence[sympy.Expr]) -> tuple[np.ndarray, np.ndarray]:
-    coeffs = [sympy.Integer(1)] + [-sympy.nsimplify(x) if isinstance(x, sympy.Float) else -x for x in a]
-    if all(c.is_Rational for c in coeffs):
-        # exact square-free factorisation: multiplicities are exact, and each factor's
-        # roots are well separated, so the numeric roots are accurate
-        poly = sympy.Poly(coeffs, _ZETA, domain=sympy.QQ)
-        roots, mult = [], []
-        for factor, mlt in poly.sqf_list()[1]:
-            fc = [float(c) for c in factor.all_coeffs()]
-            for r in np.roots(fc) if len(fc) > 1 else []:
-                roots += [complex(r)] * mlt
-                mult += [mlt] * mlt
-    else:
-        fc = [complex(sympy.N(c, 30)) for c in coeffs]
-        raw = np.roots(fc)
-        roots = [complex(r) for r in raw]
-        # numerical multiplicity: roots closer than 1e-7 are taken as one repeated root
-        mult = [int(np.sum(np.abs(raw - r) <= 1e-7)) for r in raw]
-    order = np.lexsort((np.imag(roots), np.real(roots)))
-    roots_arr = np.asarray(roots, dtype=np.complex128)[order]
-    mult_arr = np.asarray(mult, dtype=np.int64)[order]
-    return roots_arr, mult_arr
-
-
-def _stability_from_roots(roots: np.ndarray, mult: np.ndarray, a_k_zero: bool) -> Stability:
-    mod = np.abs(roots)
-    on = np.abs(mod - 1.0) <= ROOT_TOL
-    close = np.abs(roots[:, None] - roots[None, :]) <= ROOT_TOL
-    simple = (mult == 1) & (close.sum(axis=1) == 1)
-    sampling = bool(np.all(mod <= 1.0 + ROOT_TOL) and np.all(simple[on]))
-    inverse = bool((not a_k_zero) and np.all(mod >= 1.0 - ROOT_TOL) and np.all(simple[on]))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = np.where(mod == 0, complex(np.inf), 1.0 / np.where(mod == 0, 1.0, roots))
-    return Stability(sampling=sampling, inverse=inverse, roots=roots, inverse_roots=inv, multiplicities=mult)
-
-
-# ------------------------------------------------------------------------------------
-# the derivation object
-# ------------------------------------------------------------------------------------
+__all__ = ["Derivation", "derive"]
 
 
 def _exact_number(name: str, value: Any) -> sympy.Expr:
@@ -265,16 +91,6 @@ class Derivation:
     @property
     def parameter_names(self) -> tuple[str, ...]:
         return tuple(str(p) for p in self.parameters)
-
-    @functools.cached_property
-    def error_term(self) -> sympy.Expr:
-        """R_{p+1}(h): the local error is R_{p+1} x̄^{(p+1)}(σ̄_{i−1}) + O(H^{p+2})."""
-        m = self.order + 1
-        h = self.symbols
-        s = [sum(h[: j + 1]) for j in range(self.k)]
-        r = sum(self.a[j] * s[j] ** m for j in range(self.k)) / sympy.factorial(m)
-        r += sum(self.b[j] * h[j] * s[j] ** (m - 1) for j in range(self.k - 1)) / sympy.factorial(m - 1)
-        return sympy.factor(sympy.cancel(r))
 
     # -- numeric evaluation -------------------------------------------------------------
 
@@ -347,13 +163,12 @@ class Derivation:
     def roots(self, **params: Any) -> np.ndarray:
         """Roots of ρ(ζ) = ζ^k − a_1 ζ^{k−1} − … − a_k for equal steps (complex array)."""
         ea, _ = self._equal_exact(params)
-        return _roots_with_multiplicity(ea)[0]
+        return roots_with_multiplicity(ea)[0]
 
     def stability(self, **params: Any) -> Stability:
         """Zero-stability of the sampling and the inverse direction for equal steps."""
         ea, _ = self._equal_exact(params)
-        roots, mult = _roots_with_multiplicity(ea)
-        return _stability_from_roots(roots, mult, a_k_zero=bool(sympy.simplify(ea[-1]) == 0))
+        return equal_step_stability(ea)
 
     def __str__(self) -> str:
         return format_derivation(self)
@@ -628,147 +443,3 @@ def derive(k: int, *, fix: Mapping[str, sympy.Expr | float] | None = None) -> De
     k = _check_k(k)
     return _derive_cached(k, _normalise_fix(k, fix))
 
-
-# ------------------------------------------------------------------------------------
-# the stable families
-# ------------------------------------------------------------------------------------
-
-
-def stable_family(k: int = 3, c: Any = None) -> Derivation:
-    """BELMs whose equal-step ρ has all roots simple and on |ζ| = 1 (stable both ways).
-
-    All a_j are pinned (independent of h) by
-        ρ(ζ) = (ζ − 1) · [(ζ + 1) if k even] · Π_{m=1..q} (ζ² − c_m ζ + 1),  q = ⌊(k−1)/2⌋,
-    and the k−1 b's are solved from R_1 … R_{k−1} (R_0 holds as ρ(1) = 0), so the order
-    is k − 1 for any positive steps. |c_m| < 2 and distinct c_m keep the roots simple.
-
-    k = 3 (MATH.md §5): ρ = (ζ − 1)(ζ² − cζ + 1), a = (c + 1, −(c + 1), 1), order 2;
-    with equal steps b_1 = b_2 = c/2 − 1 and error constant C_3 = (c + 10)/12.
-
-    c: for q = 1 (k = 3, 4) a number or sympy expression, for q > 1 a sequence of q;
-    None gives free symbols ("c", or "c1".."cq") to be passed to evaluate/stability.
-    Numeric c must satisfy |c| < 2 (else ValueError). k = 2 gives a = (0, 1), order 1.
-    """
-    k = _check_k(k)
-    q = (k - 1) // 2
-    if c is None:
-        cs = [sympy.Symbol("c")] if q == 1 else [sympy.Symbol(f"c{m}") for m in range(1, q + 1)]
-    elif q == 1 and not isinstance(c, (list, tuple)):
-        cs = [c]
-    else:
-        cs = list(c) if isinstance(c, (list, tuple)) else [c]
-        if len(cs) != q:
-            raise ValueError(f"c: k={k} needs {q} value(s) c_1..c_{q}; got {c!r}")
-    exprs = []
-    for m, cm in enumerate(cs, start=1):
-        if isinstance(cm, (float, np.floating)):
-            if not math.isfinite(float(cm)):
-                raise ValueError(f"c={cm!r} must be finite")
-            cm = sympy.Rational(repr(float(cm)))
-        cm = sympy.sympify(cm)
-        if cm.is_number and not (abs(float(cm)) < 2):
-            raise ValueError(f"c={cm}: need |c| < 2 for roots on the unit circle that are simple")
-        exprs.append(cm)
-    numeric = [float(e) for e in exprs if e.is_number]
-    if len(set(numeric)) != len(numeric):
-        raise ValueError(f"c={c!r}: equal c_m give double roots; choose distinct values")
-    z = _ZETA
-    rho = (z - 1) * ((z + 1) if k % 2 == 0 else 1) * sympy.Mul(*[z**2 - cm * z + 1 for cm in exprs])
-    poly = sympy.Poly(sympy.expand(rho), z)
-    coeffs = poly.all_coeffs()  # ζ^k, ζ^{k−1}, …, 1
-    fix = {f"a{j}": sympy.expand(-coeffs[j]) for j in range(1, k + 1)}
-    return derive(k, fix=fix)
-
-
-# ------------------------------------------------------------------------------------
-# printing
-# ------------------------------------------------------------------------------------
-
-
-def _fmt_complex(z: complex) -> str:
-    tiny = 1e-12 * max(1.0, abs(z))
-    re = 0.0 if abs(z.real) < tiny else z.real
-    if abs(z.imag) < tiny:
-        return f"{re:+.6g}"
-    return f"{re:+.6g}{z.imag:+.6g}j"
-
-
-def format_derivation(d: Derivation, **params: Any) -> str:
-    """Human-readable report: formulas, order, equal-step numbers, roots and verdicts.
-
-    This is what `belm coeffs --k K` prints. Parameters of a parametric derivation may
-    be given as keyword arguments; without them the equal-step part stays symbolic.
-    """
-    k = d.k
-    lines = [f"BELM, k = {k}" + (f"  (fix: {', '.join(f'{n} = {v}' for n, v in d.fix)})" if d.fix else "  (LTE-optimal)")]
-    lines.append(
-        "  x̄_{i−1} = Σ_{j=1..k} a_{i,j} x̄_{i−1+j} + Σ_{j=1..k−1} b_{i,j} h_{i−1+j} ε(x_{i−1+j}),"
-        "  h_i = σ̄_i − σ̄_{i−1} > 0"
-    )
-    names = [f"a_{{i,{j}}}" for j in range(1, k + 1)] + [f"b_{{i,{j}}}" for j in range(1, k)]
-    for name, expr in zip(names, d.a + d.b):
-        lines.append(f"  {name} = {expr}")
-    lines.append(f"  order {d.order} (Taylor orders 0..{d.order} matched; local error O(H^{d.lte_order}))")
-    if d.parameters:
-        lines.append(f"  free parameters: {', '.join(d.parameter_names)}")
-    missing = [n for n in d.parameter_names if n not in params]
-    if d._equal is None:
-        lines.append("  equal steps: coefficients depend on the step size (fix involves h)")
-        return "\n".join(lines)
-    if missing:
-        ea, eb = d._equal
-        rho = _ZETA**k - sum(ea[j] * _ZETA ** (k - 1 - j) for j in range(k))
-        lines.append(f"  equal steps: a = ({', '.join(map(str, ea))}), b = ({', '.join(map(str, eb))})")
-        lines.append(f"  rho(zeta) = {sympy.factor(rho)}")
-        lines.append(f"  roots and stability need values for {', '.join(missing)}")
-        return "\n".join(lines)
-    if params:
-        lines.append(f"  with {', '.join(f'{n} = {params[n]}' for n in d.parameter_names)}:")
-    ea, eb = d._equal_exact(params)
-    a, b = d.equal_step_coefficients(**params)
-    lines.append(f"  equal steps: a = ({', '.join(map(str, ea))}), b = ({', '.join(map(str, eb))})")
-    lines.append(f"  error constant C_{d.lte_order} = {d.error_constant(**params):.6g}")
-    rho = _ZETA**k - sum(ea[j] * _ZETA ** (k - 1 - j) for j in range(k))
-    lines.append(f"  rho(zeta) = {sympy.factor(rho)}")
-    st = d.stability(**params)
-    for r, m in zip(st.roots, st.multiplicities):
-        lines.append(f"    root {_fmt_complex(complex(r))}  |zeta| = {abs(r):.9g}" + (f"  (multiplicity {m})" if m > 1 else ""))
-    lines.append(f"  sampling: {'stable' if st.sampling else 'UNSTABLE'}")
-    lines.append(f"  inverse:  {'stable' if st.inverse else 'UNSTABLE'}" + ("  (a_k = 0: no inverse)" if np.any(np.isinf(st.inverse_roots)) else ""))
-    return "\n".join(lines)
-
-
-def _propagation_bound_k3(c: float) -> float:
-    """Γ(c) = cos²(θ/4) / (sin(θ/2) sin θ), c = 2 cos θ: bound on sup_n |γ_n| for ρ = (ζ−1)(ζ² − cζ + 1).
-
-    γ_n are the coefficients of 1/((1 − z)(1 − cz + z²)) = Σ γ_n z^n, i.e. the response
-    of the recurrence (either direction: the roots are conjugate-symmetric on |ζ| = 1)
-    to a unit local error; a global error is Σ_m γ_{n−m} τ_m. γ_n = sin((n+1)θ/2)
-    sin((n+2)θ/2) / (sin(θ/2) sin θ); Γ is its supremum, attained in the limit when θ/π
-    is irrational (an upper bound otherwise).
-    """
-    theta = math.acos(c / 2.0)
-    return math.cos(theta / 4) ** 2 / (math.sin(theta / 2) * math.sin(theta))
-
-
-BEST_STABLE_C3: float = -1.19184
-"""Default c of the stable k = 3 family ρ = (ζ−1)(ζ² − cζ + 1) (`stable_family(3, c)`).
-
-How it was found. With equal steps the family's local error constant is
-C_3(c) = R_3 = (c + 10)/12 (order 2; it would vanish only at the unstable c = −10).
-On (−2, 2) |C_3| is strictly increasing in c, and so is |C_3|/|ρ'(1)| =
-(c + 10)/(12 (2 − c)), and so is the RMS of R_3/H³ over random variable grids: the
-local error alone has no minimiser in (−2, 2) — its infimum 2/3 sits at the excluded
-c = −2, where the parasitic roots e^{±iθ} merge into a double root at −1 and the
-recurrence amplifies perturbations without bound. So c is chosen to minimise the
-worst-case *propagated* local error Γ(c) · |C_3(c)|, with Γ(c) the bound on how far
-one local error is amplified by the recurrence (`_propagation_bound_k3`; the same
-for sampling and inversion). scipy.optimize.minimize_scalar (bounded, xatol 1e-10)
-gives c = −1.191836, rounded here to −1.19184:
-
-    Γ = 1.0103,  C_3 = 0.734013,  Γ · C_3 = 0.741582.
-
-For comparison c = −1 (roots = cube roots of unity, a = (0, 0, 1)) has Γ = 1,
-C_3 = 0.75, Γ · C_3 = 0.75; c = 0 has C_3 = 0.8333, Γ = 1.21; O-BELM (k = 2) has
-C_3 = 1/3. b_1 = b_2 = c/2 − 1 = −1.59592 with equal steps.
-"""
