@@ -342,3 +342,25 @@ def test_cuda_round_trip(model_dirs, dtype):
 def test_cuda_default_dtype(model_dirs):
     pipe = load_pipeline(model_dirs["ddpm"])
     assert pipe.device.type == "cuda" and pipe.dtype == torch.float16
+
+
+@pytest.mark.parametrize("T", [1000, 999, 37, 2])
+@pytest.mark.parametrize("kind", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_discrete_vp_float32_is_diffusers_bit_for_bit(kind, T):
+    """DiscreteVP's own constructors with dtype="float32" give diffusers' ᾱ exactly (odd and even T:
+    torch.linspace rounds each point from the nearer end)."""
+    from diffusers import DDPMScheduler
+
+    ref = DDPMScheduler(num_train_timesteps=T, beta_schedule=kind, beta_start=0.0003, beta_end=0.03)
+    make = {"linear": DiscreteVP.linear, "scaled_linear": DiscreteVP.scaled_linear}
+    ours = (
+        DiscreteVP.cosine(T, dtype="float32") if kind == "squaredcos_cap_v2"
+        else make[kind](T, 0.0003, 0.03, dtype="float32")
+    )
+    np.testing.assert_array_equal(ours.alphas_cumprod, ref.alphas_cumprod.double().numpy())
+    if kind != "squaredcos_cap_v2":  # float64 is a different rounding, same formula
+        f64 = make[kind](T, 0.0003, 0.03)
+        assert not np.array_equal(f64.alphas_cumprod, ours.alphas_cumprod)
+        np.testing.assert_allclose(f64.alphas_cumprod, ours.alphas_cumprod, rtol=1e-5)
+    with pytest.raises(ValueError, match="dtype='float16'"):
+        DiscreteVP.linear(T, dtype="float16")
