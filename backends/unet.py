@@ -118,12 +118,12 @@ def prompt_tokens(tokenizer, prompt: str, max_length: int) -> PromptTokens:
     """
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-    pieces = tokenizer.tokenize(prompt)
+    ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(prompt))  # no start/end tokens, no length warning
     room = max(int(max_length) - 2, 0)
-    if len(pieces) <= room:
-        return PromptTokens(prompt, len(pieces) + 2, "")
-    kept, cut = pieces[:room], pieces[room:]
-    return PromptTokens(tokenizer.convert_tokens_to_string(kept), room + 2, tokenizer.convert_tokens_to_string(cut))
+    if len(ids) <= room:
+        return PromptTokens(prompt, len(ids) + 2, "")
+    text, cut = (tokenizer.decode(part, skip_special_tokens=True) for part in (ids[:room], ids[room:]))
+    return PromptTokens(text, room + 2, cut)
 
 
 # ---------------------------------------------------------------------------------

@@ -364,3 +364,47 @@ def test_discrete_vp_float32_is_diffusers_bit_for_bit(kind, T):
         np.testing.assert_allclose(f64.alphas_cumprod, ours.alphas_cumprod, rtol=1e-5)
     with pytest.raises(ValueError, match="dtype='float16'"):
         DiscreteVP.linear(T, dtype="float16")
+
+
+# ---------------------------------------------------------------------------------
+# one guidance check for every layer
+# ---------------------------------------------------------------------------------
+def test_check_guidance_rules():
+    from backends.guidance import check_guidance
+
+    assert check_guidance(np.float32(7.5), negative_given=False, conditional=True) == 7.5
+    assert check_guidance(1, negative_given=False, conditional=False) == 1.0
+    assert check_guidance(0.5, negative_given=True, conditional=True) == 0.5
+    assert check_guidance(-1.0, negative_given=True, conditional=True) == -1.0
+    with pytest.raises(ValueError, match="conditional"):
+        check_guidance(3.0, negative_given=True, conditional=False)
+    with pytest.raises(ValueError, match="< 1 needs negative_prompt"):
+        check_guidance(0.0, negative_given=False, conditional=True)
+    with pytest.raises(ValueError, match="finite"):
+        check_guidance(float("inf"), negative_given=True, conditional=True)
+    for bad in (True, "3", None, torch.tensor(2.0)):
+        with pytest.raises(TypeError, match="real number"):
+            check_guidance(bad, negative_given=True, conditional=True)
+    with pytest.raises(ValueError, match="--guidance=0.5 < 1 needs --negative-prompt"):
+        check_guidance(0.5, negative_given=False, conditional=True, name="--guidance", negative_name="--negative-prompt")
+
+
+@pytest.mark.parametrize(
+    "g, given, needle",
+    [(0.5, False, "< 1 needs"), (float("inf"), True, "finite"), (-2.0, False, "< 1 needs")],
+)
+def test_guidance_same_rules_in_unet_eps_and_pipeline(pipes, g, given, needle):
+    sd = pipes["sd"]
+    emb = sd.encode_prompt("a cat")
+    with pytest.raises(ValueError, match=needle):
+        UNetEps(sd.unet, sd.schedule, encoder_hidden_states=emb,
+                negative_encoder_hidden_states=emb if given else None, guidance_scale=g)
+    with pytest.raises(ValueError, match=needle):
+        sd.eps_fn("a cat", "blurry" if given else None, guidance_scale=g)
+    if g < 1 and not given:  # both layers accept it once the negative branch is there
+        UNetEps(sd.unet, sd.schedule, encoder_hidden_states=emb, negative_encoder_hidden_states=emb, guidance_scale=g)
+        sd.eps_fn("a cat", "blurry", guidance_scale=g)
+    ddpm = pipes["ddpm"]
+    for layer in (lambda: UNetEps(ddpm.unet, ddpm.schedule, guidance_scale=2.0), lambda: ddpm.eps_fn(guidance_scale=2.0)):
+        with pytest.raises(ValueError, match="conditional"):
+            layer()
