@@ -63,6 +63,9 @@ class OutputFolder:
                 )
         if path.parent == path:
             raise ValueError(f"{option} {str(path)!r} is a file system root; give a folder inside it")
+        cwd = Path(os.getcwd())
+        if path == cwd or path in cwd.parents:  # swapping it would pull the folder away from under the shell
+            raise ValueError(f"{option} {str(path)!r} is or contains the current folder; give a new folder for the outputs")
         ancestor = path.parent
         while not ancestor.exists():
             ancestor = ancestor.parent

@@ -46,7 +46,7 @@ def reconstruct_args(model, image, out, *extra):
 # ---------------------------------------------------------------------------------
 # checks before any work
 # ---------------------------------------------------------------------------------
-def test_bad_out_exits_2_before_loading(capsys, never_load, model_dirs, image_files, tmp_path):
+def test_bad_out_exits_2_before_loading(capsys, never_load, monkeypatch, model_dirs, image_files, tmp_path):
     a_file = tmp_path / "results.txt"
     a_file.write_text("keep me")
     full = tmp_path / "full"
@@ -66,6 +66,10 @@ def test_bad_out_exits_2_before_loading(capsys, never_load, model_dirs, image_fi
         assert code == 2, (out, err)
         assert needle in err and err.count("\n") == 1 and "Traceback" not in err, (out, err)
         assert time.perf_counter() - start < 5
+    monkeypatch.chdir(full)
+    for out in (".", ".."):
+        code, _, err = run_cli(capsys, *reconstruct_args(model, image, out, "--overwrite"))
+        assert code == 2 and "current folder" in err, err
     assert a_file.read_text() == "keep me"
     assert snapshot(full) == {"old.png": b"old"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "results.txt"]  # no staging folder left
