@@ -29,16 +29,21 @@ and returns a `Pipeline` with the schedule, ε-functions for prompts, and VAE en
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
-from typing import Literal, Sequence
+import warnings
+from typing import Literal, NamedTuple, Sequence
 
 import torch
 
 from belm_core.schedules import DiscreteVP
 
-__all__ = ["UNetEps", "Pipeline", "load_pipeline", "schedule_from_config", "resolve_device", "resolve_dtype"]
+from .guidance import check_guidance
+
+__all__ = [
+    "UNetEps", "Pipeline", "load_pipeline", "schedule_from_config", "resolve_device", "resolve_dtype",
+    "PromptTokens", "prompt_tokens",
+]
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -75,7 +80,50 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ValueError(f"device={device!r} is not a torch device ({err})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was asked for, but CUDA is not available here; use device='cpu'")
+    if dev.type == "meta":
+        raise ValueError(f"device={device!r} holds no data (tensors on 'meta' have shapes only); use 'cpu' or 'cuda'")
+    if dev.type not in _COMPUTE_DEVICES:
+        raise ValueError(f"device={device!r} is not a device the models can run on; choose one of {list(_COMPUTE_DEVICES)}")
+    if not _COMPUTE_DEVICES[dev.type]():
+        raise ValueError(f"device={device!r} was asked for, but {dev.type} is not available here; use device='cpu'")
     return dev
+
+
+#: device types a model can compute on, with their availability test
+_COMPUTE_DEVICES = {
+    "cpu": lambda: True,
+    "cuda": lambda: torch.cuda.is_available(),
+    "mps": lambda: bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available(),
+    "xpu": lambda: bool(getattr(torch, "xpu", None)) and torch.xpu.is_available(),
+}
+
+
+class PromptTokens(NamedTuple):
+    """A prompt as the text encoder sees it.
+
+    text: the prompt used (the words that fit; the prompt itself when nothing was cut).
+    tokens: token count including the start and end tokens (≤ the encoder's limit).
+    truncated: the text cut off ("" when the prompt fits).
+    """
+
+    text: str
+    tokens: int
+    truncated: str
+
+
+def prompt_tokens(tokenizer, prompt: str, max_length: int) -> PromptTokens:
+    """Split `prompt` into what a `max_length`-token text encoder uses and what it cuts off.
+
+    CLIP-style tokenizers add a start and an end token, so max_length − 2 prompt tokens fit.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(prompt))  # no start/end tokens, no length warning
+    room = max(int(max_length) - 2, 0)
+    if len(ids) <= room:
+        return PromptTokens(prompt, len(ids) + 2, "")
+    text, cut = (tokenizer.decode(part, skip_special_tokens=True) for part in (ids[:room], ids[room:]))
+    return PromptTokens(text, room + 2, cut)
 
 
 # ---------------------------------------------------------------------------------
@@ -122,12 +170,6 @@ class UNetEps:
     ):
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type={prediction_type!r} is not known; choose one of {list(PREDICTION_TYPES)}")
-        try:
-            g = float(guidance_scale)
-        except (TypeError, ValueError):
-            raise ValueError(f"guidance_scale={guidance_scale!r} must be a real number") from None
-        if not math.isfinite(g):
-            raise ValueError(f"guidance_scale={guidance_scale!r} must be finite")
         param = next(unet.parameters())
         dtype = param.dtype if model_dtype is None else resolve_dtype(model_dtype, param.device)
         if dtype != param.dtype:
@@ -148,10 +190,12 @@ class UNetEps:
                 self.cond[name] = pair[0]
             if pair[1] is not None:
                 self.uncond[name] = pair[1]
-        if g != 1.0 and not self.cond:
-            raise ValueError(f"guidance_scale={g} needs a conditional UNet; {type(unet).__name__} takes no condition")
         missing = [f"negative_{name}" for name in self.cond if name not in self.uncond]
-        if g != 1.0 and missing:
+        g = check_guidance(
+            guidance_scale, negative_given=bool(self.cond) and not missing, conditional=bool(self.cond),
+            negative_name=", ".join(missing) or "the negative branch",
+        )
+        if g != 1.0 and missing:  # here ε_u has no default: every guided call needs the negative tensors
             raise ValueError(
                 f"guidance_scale={g} ≠ 1 needs {', '.join(missing)} (the unconditional or negative branch) "
                 "for ε = ε_u + g (ε_c − ε_u)"
@@ -272,39 +316,34 @@ def schedule_from_config(config: dict, *, precision: Literal["float32", "float64
     precision="float32" (default) reproduces diffusers: β and ᾱ_t = Π(1 − β) are computed
     in float32 (as every diffusers scheduler does, so these are the ᾱ the model was run
     with in diffusers) and then held in float64. precision="float64" computes them in
-    float64 from the same formulas. The two differ by ~1e-7 relative, far below anything
+    float64 from the same formulas. Both come from `DiscreteVP.linear / scaled_linear / cosine /
+    from_betas` with `dtype=precision`. The two differ by ~1e-7 relative, far below anything
     a sampler notices; exactness of the round trip does not depend on this choice.
     """
     if precision not in ("float32", "float64"):
         raise ValueError(f"precision={precision!r} must be 'float32' or 'float64'")
-    dt = torch.float32 if precision == "float32" else torch.float64
-    T = int(config.get("num_train_timesteps", 1000))
-    beta_start = float(config.get("beta_start", 0.0001))
-    beta_end = float(config.get("beta_end", 0.02))
-    schedule = config.get("beta_schedule", "linear")
     if config.get("rescale_betas_zero_snr", False):
         raise ValueError(
             "scheduler config has rescale_betas_zero_snr=True: a zero terminal SNR gives σ̄ = ∞ at the last "
             "timestep, which the σ̄-ODE cannot start from; not supported"
         )
+    T = int(config.get("num_train_timesteps", 1000))
+    options = {"dtype": precision, "steps_offset": int(config.get("steps_offset", 0) or 0)}
     if config.get("trained_betas") is not None:
-        betas = torch.tensor(config["trained_betas"], dtype=dt)
-    elif schedule == "linear":
-        betas = torch.linspace(beta_start, beta_end, T, dtype=dt)
-    elif schedule == "scaled_linear":
-        betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=dt) ** 2
-    elif schedule == "squaredcos_cap_v2":
-        def abar(u: float) -> float:
-            return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
-
-        betas = torch.tensor([min(1 - abar((i + 1) / T) / abar(i / T), 0.999) for i in range(T)], dtype=dt)
-    else:
-        raise ValueError(
-            f"beta_schedule={schedule!r} in the scheduler config is not supported; "
-            "choose one of ['linear', 'scaled_linear', 'squaredcos_cap_v2'] or give trained_betas"
-        )
-    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0).to(torch.float64).numpy()
-    return DiscreteVP(alphas_cumprod, steps_offset=int(config.get("steps_offset", 0) or 0))
+        return DiscreteVP.from_betas(config["trained_betas"], **options)
+    schedule = config.get("beta_schedule", "linear")
+    # diffusers' defaults for a config without them, whatever the schedule
+    beta_range = {"beta_start": float(config.get("beta_start", 0.0001)), "beta_end": float(config.get("beta_end", 0.02))}
+    if schedule == "linear":
+        return DiscreteVP.linear(T, **beta_range, **options)
+    if schedule == "scaled_linear":
+        return DiscreteVP.scaled_linear(T, **beta_range, **options)
+    if schedule == "squaredcos_cap_v2":
+        return DiscreteVP.cosine(T, **options)
+    raise ValueError(
+        f"beta_schedule={schedule!r} in the scheduler config is not supported; "
+        "choose one of ['linear', 'scaled_linear', 'squaredcos_cap_v2'] or give trained_betas"
+    )
 
 
 # ---------------------------------------------------------------------------------
@@ -379,22 +418,43 @@ class Pipeline:
 
     # -- text -------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str | Sequence[str]) -> torch.Tensor:
-        """Text-encoder embeddings (B, L, D) of a prompt (padded to the tokenizer's max length)."""
+        """Text-encoder embeddings (B, L, D) of a prompt (padded to the tokenizer's max length).
+
+        A prompt longer than `max_prompt_tokens` is cut there, with a UserWarning naming the cut
+        text, as diffusers does; `prompt_tokens(prompt)` tells what was used.
+        """
         if not self.is_conditional:
             raise ValueError(f"prompt={prompt!r} was given, but {self.path} is an unconditional model")
         if isinstance(prompt, str):
             prompt = [prompt]
         if not isinstance(prompt, (list, tuple)) or not all(isinstance(p, str) for p in prompt):
             raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
-        max_length = int(
-            min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
-        )
+        max_length = self.max_prompt_tokens
+        for p in dict.fromkeys(prompt):
+            cut = prompt_tokens(self.tokenizer, p, max_length).truncated
+            if cut:  # the wording diffusers uses, so users recognise it
+                warnings.warn(
+                    "The following part of your input was truncated because CLIP can only handle sequences up to "
+                    f"{max_length} tokens: {cut!r}",
+                    UserWarning, stacklevel=3,
+                )
         tokens = self.tokenizer(
             list(prompt), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
         )
         with torch.no_grad():
             emb = self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]
         return emb.to(self.dtype)
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """Tokens the text encoder takes, start and end tokens included."""
+        return int(min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings))
+
+    def prompt_tokens(self, prompt: str) -> PromptTokens:
+        """The prompt as the text encoder uses it (see `prompt_tokens`); no warning."""
+        if not self.is_conditional:
+            raise ValueError(f"prompt={prompt!r} was given, but {self.path} is an unconditional model")
+        return prompt_tokens(self.tokenizer, prompt, self.max_prompt_tokens)
 
     def eps_fn(
         self, prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] | None = None,
@@ -406,22 +466,15 @@ class Pipeline:
         prompt guides away from the empty prompt (as diffusers does); g < 1 needs an
         explicit negative prompt. Unconditional models take neither a prompt nor g ≠ 1.
         """
-        g = _guidance(guidance_scale)
-        if not self.is_conditional:
-            if prompt is not None or negative_prompt is not None:
-                which = "prompt" if prompt is not None else "negative_prompt"
-                raise ValueError(
-                    f"{which}={prompt if prompt is not None else negative_prompt!r} was given, but the model at "
-                    f"{self.path} is unconditional ({type(self.unet).__name__}) and takes no prompt"
-                )
-            if g != 1.0:
-                raise ValueError(f"guidance_scale={g} needs a text-conditional model; {self.path} is unconditional")
-            return UNetEps(self.unet, self.schedule, prediction_type=self.prediction_type)
-        if g < 1.0 and negative_prompt is None:
+        if not self.is_conditional and (prompt is not None or negative_prompt is not None):
+            which = "prompt" if prompt is not None else "negative_prompt"
             raise ValueError(
-                f"guidance_scale={g} < 1 needs a negative_prompt (no negative prompt is defined); "
-                "use guidance_scale ≥ 1 or give negative_prompt"
+                f"{which}={prompt if prompt is not None else negative_prompt!r} was given, but the model at "
+                f"{self.path} is unconditional ({type(self.unet).__name__}) and takes no prompt"
             )
+        g = check_guidance(guidance_scale, negative_given=negative_prompt is not None, conditional=self.is_conditional)
+        if not self.is_conditional:
+            return UNetEps(self.unet, self.schedule, prediction_type=self.prediction_type)
         cond = self.encode_prompt("" if prompt is None else prompt)
         uncond = None
         if g != 1.0:
@@ -468,16 +521,6 @@ def _pair(size) -> tuple[int, int]:
     if isinstance(size, (list, tuple)):
         return int(size[0]), int(size[1])
     return int(size), int(size)
-
-
-def _guidance(guidance_scale) -> float:
-    try:
-        g = float(guidance_scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"guidance_scale={guidance_scale!r} must be a real number") from None
-    if not math.isfinite(g) or g < 0:
-        raise ValueError(f"guidance_scale={guidance_scale!r} must be a finite number ≥ 0")
-    return g
 
 
 def _check_images(images) -> torch.Tensor:

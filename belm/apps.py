@@ -9,6 +9,10 @@ float64, and returns a small result object with the images and metrics.
     result = reconstruct(pipe, image, steps=10, method="o-belm")
     result.metrics["latent_mse"]        # ≈ 1e-28 for exact methods, ≫ for DDIM
 
+The shared settings (prompt, negative_prompt, guidance_scale, steps, method, spacing,
+progress) come as one `SamplingOptions` (`options=`) or as keyword arguments; keywords that
+are given override the fields of `options`.
+
 Metrics: `latent_mse` is the mean squared error in the model's space (VAE latents or
 pixels in [−1, 1]); `pixel_mse` is on images mapped to [0, 1] (clamped); `psnr` =
 10 log10(1 / pixel_mse) in dB.
@@ -26,9 +30,10 @@ import torch
 from belm_core import BDIA, EDICT, Latent, Method, Solver, get_method
 
 from .images import to_unit
+from .options import SamplingOptions
 
 __all__ = [
-    "make_method", "make_solver", "latent_mse", "pixel_mse", "psnr", "round_trip_metrics", "slerp",
+    "SamplingOptions", "make_method", "make_solver", "prompt_metrics", "latent_mse", "pixel_mse", "psnr", "round_trip_metrics", "slerp",
     "reconstruct", "edit", "interpolate", "sample",
     "Reconstruction", "Edit", "Interpolation",
 ]
@@ -93,14 +98,46 @@ def make_method(method: str | Method = "o-belm", *, gamma: float | None = None, 
 
 
 def make_solver(pipe, steps: int, method: str | Method = "o-belm", spacing: str | None = None) -> Solver:
-    """A float64-state Solver on the pipeline's schedule."""
+    """A float64-state Solver on the pipeline's schedule (an unavailable spacing: the schedule's message)."""
     return Solver(pipe.schedule, steps=steps, method=method, spacing=spacing)
+
+
+def _solver(pipe, options: SamplingOptions) -> Solver:
+    return make_solver(pipe, options.steps, options.method, options.spacing)
+
+
+def prompt_metrics(pipe, prompt: str | None, key: str = "prompt") -> dict[str, Any]:
+    """What the text encoder used of `prompt`: {key: the text used, key_tokens: its token count,
+    key_truncated: the text cut off, or None}. Unconditional models and no prompt: {key: prompt}."""
+    if prompt is None or not pipe.is_conditional:
+        return {key: prompt}
+    used = pipe.prompt_tokens(prompt)
+    return {key: used.text, f"{key}_tokens": used.tokens, f"{key}_truncated": used.truncated or None}
+
+
+def _eps(pipe, options: SamplingOptions, prompt: str | None):
+    return pipe.eps_fn(prompt, options.negative_prompt, options.guidance_scale)
+
+
+#: tolerance on the [−1, 1] range of input images (rounding of a conversion, not a different range)
+_RANGE_TOL = 1e-4
 
 
 def _check_image_batch(pipe, images: torch.Tensor, name: str) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"{name} must be a tensor (N, 3, H, W) in [-1, 1], got {shape}")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"{name} has dtype {images.dtype}; images must be floating point in [-1, 1] "
+            "(from 8-bit pixels p: p / 127.5 − 1, see belm.images.load_image)"
+        )
+    lo, hi = float(images.min()), float(images.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name} contains NaN or inf values")
+    if lo < -1 - _RANGE_TOL or hi > 1 + _RANGE_TOL:
+        hint = " (this looks like [0, 255] pixels: use p / 127.5 − 1)" if hi > 2 else " (clamp it to [-1, 1])"
+        raise ValueError(f"{name} has values in [{lo:.4g}, {hi:.4g}]; images must lie in [-1, 1]{hint}")
     m = size_multiple(pipe)
     if images.shape[2] % m or images.shape[3] % m:
         raise ValueError(
@@ -134,39 +171,47 @@ def reconstruct(
     pipe,
     image: torch.Tensor,
     *,
+    options: SamplingOptions | None = None,
     prompt: str | None = None,
     negative_prompt: str | None = None,
-    guidance_scale: float = 1.0,
-    steps: int = 50,
-    method: str | Method = "o-belm",
+    guidance_scale: float | None = None,
+    steps: int | None = None,
+    method: str | Method | None = None,
     spacing: str | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> Reconstruction:
     """Invert `image` and sample it back with the same ε (same prompt and guidance).
 
+    Settings: `options`, with the keyword arguments given overriding its fields (see `SamplingOptions`).
+
     metrics: latent_mse (model space), pixel_mse ([0, 1]), psnr (dB), for latent models
     vae_pixel_mse (the error of the VAE round trip alone, the floor of pixel_mse), and
-    eps_calls (ε evaluations for inversion + sampling; a guided call is one batched UNet call).
+    eps_calls (ε evaluations for inversion + sampling; a guided call is one batched UNet call);
+    prompt (the text used, after truncation), prompt_tokens, prompt_truncated.
     """
+    options = SamplingOptions.merge(
+        options, prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale, steps=steps,
+        method=method, spacing=spacing, progress=progress,
+    )
     image = _check_image_batch(pipe, image, "image")
-    eps_model = pipe.eps_fn(prompt, negative_prompt, guidance_scale)
+    solver = _solver(pipe, options)
+    eps_model = _eps(pipe, options, options.prompt)
     calls = [0]
 
     def eps(x, t):
         calls[0] += 1
         return eps_model(x, t)
 
-    solver = make_solver(pipe, steps, method, spacing)
     z0 = pipe.encode(image)
-    latent = solver.invert(eps, z0, progress=progress)
-    z0_rec = solver.sample(eps, latent, progress=progress)
+    latent = solver.invert(eps, z0, progress=options.progress)
+    z0_rec = solver.sample(eps, latent, progress=options.progress)
     rec = pipe.decode(z0_rec)
     metrics: dict[str, Any] = round_trip_metrics(image, z0, z0_rec, rec)
     if pipe.is_latent:
         metrics["vae_pixel_mse"] = pixel_mse(image, pipe.decode(z0))
     metrics.update(
         method=solver.method.signature(), steps=solver.steps, eps_calls=calls[0],
-        prompt=prompt, guidance_scale=float(guidance_scale),
+        **prompt_metrics(pipe, options.prompt), guidance_scale=options.guidance_scale,
     )
     return Reconstruction(image.cpu(), rec, z0, z0_rec, latent, metrics)
 
@@ -191,13 +236,14 @@ def edit(
     source_prompt: str,
     target_prompt: str,
     *,
+    options: SamplingOptions | None = None,
     negative_prompt: str | None = None,
-    guidance_scale: float = 1.0,
+    guidance_scale: float | None = None,
     freeze: int = 0,
-    steps: int = 50,
-    method: str | Method = "o-belm",
+    steps: int | None = None,
+    method: str | Method | None = None,
     spacing: str | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> Edit:
     """Prompt-to-prompt editing by exact inversion (MATH.md §7).
 
@@ -205,11 +251,21 @@ def edit(
     inversion steps are left out, so the first `freeze` sampling steps are skipped), then
     samples from that latent with ε(·; target_prompt). The reconstruction (sampling with
     the source prompt) is returned too; it equals the input up to rounding for exact methods.
+    Settings: `options` (its `prompt` must be None: the two prompts are arguments here), with the
+    keyword arguments given overriding its fields.
     """
+    options = SamplingOptions.merge(
+        options, negative_prompt=negative_prompt, guidance_scale=guidance_scale, steps=steps, method=method,
+        spacing=spacing, progress=progress,
+    )
+    if options.prompt is not None:
+        raise ValueError(
+            f"options.prompt={options.prompt!r}: edit takes source_prompt and target_prompt instead; leave prompt None"
+        )
     if not pipe.is_conditional:
         raise ValueError(f"edit needs a text-conditional model; {pipe.path} is unconditional (no prompts)")
     image = _check_image_batch(pipe, image, "image")
-    solver = make_solver(pipe, steps, method, spacing)
+    solver = _solver(pipe, options)
     low, N = solver.until_range
     if isinstance(freeze, bool) or not isinstance(freeze, (int, np.integer)) or not 0 <= freeze <= N - low:
         raise ValueError(
@@ -217,18 +273,19 @@ def edit(
             f"{solver.method.signature()} keeps at least {low} inversion step(s))"
         )
     until = N - int(freeze)
-    eps_src = pipe.eps_fn(source_prompt, negative_prompt, guidance_scale)
-    eps_tgt = pipe.eps_fn(target_prompt, negative_prompt, guidance_scale)
+    eps_src = _eps(pipe, options, source_prompt)
+    eps_tgt = _eps(pipe, options, target_prompt)
     z0 = pipe.encode(image)
-    latent = solver.invert(eps_src, z0, until=until, progress=progress)
-    z_rec = solver.sample(eps_src, latent, progress=progress)
-    z_edit = solver.sample(eps_tgt, latent, progress=progress)
+    latent = solver.invert(eps_src, z0, until=until, progress=options.progress)
+    z_rec = solver.sample(eps_src, latent, progress=options.progress)
+    z_edit = solver.sample(eps_tgt, latent, progress=options.progress)
     rec, edited = pipe.decode(z_rec), pipe.decode(z_edit)
     metrics = {
         **round_trip_metrics(image, z0, z_rec, rec),
         "edit_pixel_mse": pixel_mse(image, edited),
         "method": solver.method.signature(), "steps": solver.steps, "freeze": int(freeze),
-        "source_prompt": source_prompt, "target_prompt": target_prompt, "guidance_scale": float(guidance_scale),
+        **prompt_metrics(pipe, source_prompt, "source_prompt"), **prompt_metrics(pipe, target_prompt, "target_prompt"),
+        "guidance_scale": options.guidance_scale,
     }
     return Edit(image.cpu(), rec, edited, latent, metrics)
 
@@ -252,17 +309,22 @@ def interpolate(
     image_b: torch.Tensor,
     *,
     frames: int = 5,
+    options: SamplingOptions | None = None,
     prompt: str | None = None,
     negative_prompt: str | None = None,
-    guidance_scale: float = 1.0,
-    steps: int = 50,
-    method: str | Method = "o-belm",
+    guidance_scale: float | None = None,
+    steps: int | None = None,
+    method: str | Method | None = None,
     spacing: str | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> Interpolation:
     """Invert A and B (one batch), slerp every state of the latent tuple with the same
     weight w_f = f/(F−1), and sample all F frames (one batch). Frames 0 and F−1
-    reconstruct A and B."""
+    reconstruct A and B. Settings: `options`, with the keyword arguments given overriding its fields."""
+    options = SamplingOptions.merge(
+        options, prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale, steps=steps,
+        method=method, spacing=spacing, progress=progress,
+    )
     if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 2:
         raise ValueError(f"frames={frames!r} must be an integer ≥ 2")
     image_a = _check_image_batch(pipe, image_a, "image_a")
@@ -271,20 +333,21 @@ def interpolate(
         raise ValueError(
             f"image_a and image_b must be single images of one size, got {tuple(image_a.shape)} and {tuple(image_b.shape)}"
         )
-    eps = pipe.eps_fn(prompt, negative_prompt, guidance_scale)
-    solver = make_solver(pipe, steps, method, spacing)
+    solver = _solver(pipe, options)
+    eps = _eps(pipe, options, options.prompt)
     images = torch.cat([image_a, image_b])
-    latent = solver.invert(eps, pipe.encode(images), progress=progress)
+    latent = solver.invert(eps, pipe.encode(images), progress=options.progress)
     weights = [f / (frames - 1) for f in range(frames)]
     states = tuple(
         torch.cat([slerp(s[0:1], s[1:2], w) for w in weights]) for s in latent.states
     )
-    z = solver.sample(eps, latent.replace(states=states), progress=progress)
+    z = solver.sample(eps, latent.replace(states=states), progress=options.progress)
     out = pipe.decode(z)
     metrics = {
         "pixel_mse_first_to_a": pixel_mse(image_a, out[:1]),
         "pixel_mse_last_to_b": pixel_mse(image_b, out[-1:]),
         "frames": int(frames), "method": solver.method.signature(), "steps": solver.steps,
+        **prompt_metrics(pipe, options.prompt), "guidance_scale": options.guidance_scale,
     }
     return Interpolation(images.cpu(), out, weights, metrics)
 
@@ -297,17 +360,23 @@ def sample(
     *,
     num: int = 4,
     seed: int = 0,
+    options: SamplingOptions | None = None,
     prompt: str | None = None,
     negative_prompt: str | None = None,
-    guidance_scale: float = 1.0,
-    steps: int = 50,
-    method: str | Method = "o-belm",
+    guidance_scale: float | None = None,
+    steps: int | None = None,
+    method: str | Method | None = None,
     spacing: str | None = None,
     size: int | tuple[int, int] | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> torch.Tensor:
     """`num` images (num, 3, H, W) in [−1, 1] from x_T ~ N(0, I) (float64 noise from a CPU
-    generator seeded with `seed`, so results do not depend on the device)."""
+    generator seeded with `seed`, so results do not depend on the device). Settings: `options`,
+    with the keyword arguments given overriding its fields."""
+    options = SamplingOptions.merge(
+        options, prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale, steps=steps,
+        method=method, spacing=spacing, progress=progress,
+    )
     if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
         raise ValueError(f"num={num!r} must be a positive integer")
     c, h, w = pipe.latent_shape
@@ -319,9 +388,9 @@ def sample(
         if H % m or W % m:
             raise ValueError(f"size={size!r}: this model needs sizes divisible by {m}")
         h, w = H // pipe.vae_scale_factor, W // pipe.vae_scale_factor
-    eps = pipe.eps_fn(prompt, negative_prompt, guidance_scale)
-    solver = make_solver(pipe, steps, method, spacing)
+    solver = _solver(pipe, options)
+    eps = _eps(pipe, options, options.prompt)
     gen = torch.Generator().manual_seed(int(seed))
     x_T = torch.randn((int(num), c, h, w), generator=gen, dtype=torch.float64).to(pipe.device)
-    z = solver.sample(eps, x_T, progress=progress)
+    z = solver.sample(eps, x_T, progress=options.progress)
     return pipe.decode(z)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 #: modules that register subcommands, in the order `belm --help` lists them
 COMMAND_MODULES = ("belm.demo", "belm.coeffs", "belm.commands")
@@ -38,10 +39,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command)
+            return int(args.func(args) or 0)
+    except (ValueError, TypeError, OSError) as err:  # bad input, missing or unwritable files: one line
         print(f"belm {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def _one_line_warning(command: str):
+    """Warnings as `belm CMD: warning: message` on stderr (no file and line of library code)."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"belm {command}: warning: {message}", file=sys.stderr)
+
+    return show
 
 
 if __name__ == "__main__":

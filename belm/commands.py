@@ -7,6 +7,11 @@
 
 Each writes PNGs and a metrics.json into --out; with --json the metrics are also printed
 as one JSON object on the last line of stdout. Progress bars go to stderr.
+
+Arguments that need no model (--out included) are checked before the model is loaded. The
+outputs are written into a staging folder next to --out and moved in when the run has
+finished (`belm.outputs.OutputFolder`): --out never holds a mix of two runs, a non-empty
+--out needs --overwrite, and a failed or interrupted run leaves its previous contents as they were.
 """
 
 from __future__ import annotations
@@ -18,20 +23,23 @@ from pathlib import Path
 from typing import Any
 
 from belm_core import METHODS
+from belm_core.schedules import DiscreteVP
 
 __all__ = ["register"]
-
-SPACINGS = ("linspace", "leading", "trailing")
 
 
 def _common(p: argparse.ArgumentParser, *, prompt: bool = True) -> None:
     p.add_argument("--model", required=True, help="diffusers pipeline folder (save_pretrained layout) or hub id")
-    p.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    p.add_argument("--out", required=True, help="output folder (created; a non-empty one needs --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the contents of a non-empty --out (only once the new run has finished)")
     p.add_argument("--steps", type=int, default=50, help="number of sampling steps N (default 50)")
     p.add_argument("--method", default="o-belm", choices=sorted(METHODS), help="sampler (default o-belm)")
     p.add_argument("--gamma", type=float, default=None, help="BDIA's γ (with --method bdia; default 1)")
     p.add_argument("--p", type=float, default=None, help="EDICT's mixing weight (with --method edict; default 0.93)")
-    p.add_argument("--spacing", default=None, choices=SPACINGS, help="timestep spacing (default linspace)")
+    p.add_argument("--spacing", default=None, metavar="SPACING",
+                   help="timestep spacing, one the model's schedule offers (diffusers UNets: "
+                        f"{', '.join(DiscreteVP.spacings)}; default {DiscreteVP.default_spacing})")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default cuda when available)")
     p.add_argument("--dtype", default=None, help="model dtype: float32, float16, bfloat16 (default fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--size", type=int, default=None, help="image size in pixels (default the model's native resolution)")
@@ -81,28 +89,49 @@ def register(subparsers) -> None:
 # ---------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------
-def _setup(args):
-    """Validate cheap arguments first, then load the model. Returns (pipe, method, size)."""
-    from backends.unet import load_pipeline
+def _prepare(args, images: tuple = ()):
+    """Check what needs no model, --out last; returns (method, OutputFolder).
+
+    --out is checked by creating its staging folder: a path that cannot be written fails
+    here, before any work. The caller runs inside `with out:` so that any later failure
+    removes the staging folder and leaves --out as it was.
+    """
+    from backends.guidance import check_guidance
+    from backends.unet import resolve_device, resolve_dtype
 
     from .apps import make_method
+    from .images import check_image_path
+    from .outputs import OutputFolder
 
     if args.steps < 1:
         raise ValueError(f"--steps={args.steps} must be a positive integer")
     method = make_method(args.method, gamma=args.gamma, p=args.p)
     if args.size is not None and args.size < 1:
         raise ValueError(f"--size={args.size} must be a positive integer")
-    guidance = getattr(args, "guidance", 1.0)
-    if not math.isfinite(guidance) or guidance < 0:
-        raise ValueError(f"--guidance={guidance} must be a finite number ≥ 0")
-    if guidance < 1 and getattr(args, "negative_prompt", None) is None and _has_prompt(args):
-        raise ValueError(f"--guidance={guidance} < 1 needs a --negative-prompt (no negative prompt is defined)")
+    if hasattr(args, "guidance"):  # the model-dependent rule (g ≠ 1 needs a condition) comes after loading
+        check_guidance(args.guidance, negative_given=args.negative_prompt is not None, conditional=True,
+                       name="--guidance", negative_name="--negative-prompt")
+    resolve_dtype(args.dtype, resolve_device(args.device))
+    for path in images:
+        check_image_path(path)
+    return method, OutputFolder(args.out, overwrite=args.overwrite, option="--out")
+
+
+def _setup(args, method):
+    """Load the model; returns (pipe, options, size). The options are checked against its
+    schedule (steps, spacing) before any work."""
+    from backends.unet import load_pipeline
+
+    from .apps import SamplingOptions, make_solver
+
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
-    return pipe, method, (args.size if args.size is not None else pipe.resolution)
-
-
-def _has_prompt(args) -> bool:
-    return any(getattr(args, k, None) is not None for k in ("prompt", "source_prompt", "target_prompt"))
+    options = SamplingOptions(
+        prompt=getattr(args, "prompt", None), negative_prompt=getattr(args, "negative_prompt", None),
+        guidance_scale=getattr(args, "guidance", 1.0), steps=args.steps, method=method, spacing=args.spacing,
+        progress=not args.no_progress,
+    )
+    make_solver(pipe, options.steps, options.method, options.spacing)
+    return pipe, options, (args.size if args.size is not None else pipe.resolution)
 
 
 def _jsonable(value: Any) -> Any:
@@ -115,29 +144,37 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _finish(args, metrics: dict, files: list[Path]) -> int:
-    out: Path = args.out
-    record = _jsonable({"command": args.command, "model": str(args.model), **metrics,
-                        "files": [f.name for f in files]})
-    (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+def _finish(args, out, metrics: dict, images: dict) -> int:
+    """Write `images` (name → tensor) and metrics.json into the staging folder, move it into
+    --out, then report. A write error (full disk, permissions) is one line; --out keeps its
+    previous contents."""
+    from .images import save_image
+
+    record = _jsonable({"command": args.command, "model": str(args.model), **metrics, "files": list(images)})
+    name = "metrics.json"
+    try:
+        for name, image in images.items():
+            save_image(image, out.file(name))
+        name = "metrics.json"
+        out.file(name).write_text(json.dumps(record, indent=2) + "\n")
+        name = "the output folder"
+        out.commit()
+    except OSError as err:
+        reason = err.strerror or str(err) or type(err).__name__
+        raise ValueError(
+            f"could not write {name} into --out {str(out.target)!r}: {reason}; "
+            "its previous contents are unchanged"
+        ) from None
     if not args.json:
         for k, v in record.items():
             if k != "files":
                 print(f"{k}: {v}")
-        for f in files:
-            print(f"wrote {f}")
-        print(f"wrote {out / 'metrics.json'}")
+        for f in images:
+            print(f"wrote {out.final(f)}")
+        print(f"wrote {out.final('metrics.json')}")
     else:
         print(json.dumps(record))
     return 0
-
-
-def _outdir(args) -> Path:
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 # ---------------------------------------------------------------------------------
@@ -145,87 +182,76 @@ def _outdir(args) -> Path:
 # ---------------------------------------------------------------------------------
 def run_reconstruct(args) -> int:
     from . import apps
-    from .images import image_strip, load_image, save_image
+    from .images import image_strip, load_image
 
-    pipe, method, size = _setup(args)
-    image = load_image(args.image, size)
-    result = apps.reconstruct(
-        pipe, image, prompt=args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance,
-        steps=args.steps, method=method, spacing=args.spacing, progress=not args.no_progress,
-    )
-    out = _outdir(args)
-    files = [
-        save_image(result.image, out / "input.png"),
-        save_image(result.reconstruction, out / "reconstruction.png"),
-        save_image(image_strip([result.image, result.reconstruction]), out / "comparison.png"),
-    ]
-    return _finish(args, result.metrics, files)
+    method, out = _prepare(args, images=(args.image,))
+    with out:
+        pipe, options, size = _setup(args, method)
+        image = load_image(args.image, size)
+        result = apps.reconstruct(pipe, image, options=options)
+        images = {
+            "input.png": result.image,
+            "reconstruction.png": result.reconstruction,
+            "comparison.png": image_strip([result.image, result.reconstruction]),
+        }
+        return _finish(args, out, result.metrics, images)
 
 
 def run_edit(args) -> int:
     from . import apps
-    from .images import image_strip, load_image, save_image
+    from .images import image_strip, load_image
 
     from belm_core.solver import until_range
 
-    from .apps import make_method
+    if args.steps >= 1:  # (_prepare reports a bad --steps)
+        from .apps import make_method
 
-    if args.steps >= 1:  # (_setup reports a bad --steps)
         low, N = until_range(make_method(args.method, gamma=args.gamma, p=args.p), args.steps)
         if not 0 <= args.freeze <= N - low:
             raise ValueError(
                 f"--freeze={args.freeze} must be in [0, {N - low}] (steps={N}; the method keeps at least {low} "
                 "inversion step(s))"
             )
-    pipe, method, size = _setup(args)
-    image = load_image(args.image, size)
-    result = apps.edit(
-        pipe, image, args.source_prompt, args.target_prompt, negative_prompt=args.negative_prompt,
-        guidance_scale=args.guidance, freeze=args.freeze, steps=args.steps, method=method, spacing=args.spacing,
-        progress=not args.no_progress,
-    )
-    out = _outdir(args)
-    files = [
-        save_image(result.image, out / "source.png"),
-        save_image(result.reconstruction, out / "reconstruction.png"),
-        save_image(result.edited, out / "edit.png"),
-        save_image(image_strip([result.image, result.reconstruction, result.edited]), out / "comparison.png"),
-    ]
-    return _finish(args, result.metrics, files)
+    method, out = _prepare(args, images=(args.image,))
+    with out:
+        pipe, options, size = _setup(args, method)
+        image = load_image(args.image, size)
+        result = apps.edit(pipe, image, args.source_prompt, args.target_prompt, freeze=args.freeze, options=options)
+        images = {
+            "source.png": result.image,
+            "reconstruction.png": result.reconstruction,
+            "edit.png": result.edited,
+            "comparison.png": image_strip([result.image, result.reconstruction, result.edited]),
+        }
+        return _finish(args, out, result.metrics, images)
 
 
 def run_interpolate(args) -> int:
     from . import apps
-    from .images import image_strip, load_image, save_image
+    from .images import image_strip, load_image
 
     if len(args.image) != 2:
         raise ValueError(f"--image must be given exactly twice (A and B), got {len(args.image)}")
-    pipe, method, size = _setup(args)
-    a, b = (load_image(path, size) for path in args.image)
-    result = apps.interpolate(
-        pipe, a, b, frames=args.frames, prompt=args.prompt, negative_prompt=args.negative_prompt,
-        guidance_scale=args.guidance, steps=args.steps, method=method, spacing=args.spacing,
-        progress=not args.no_progress,
-    )
-    out = _outdir(args)
-    files = [save_image(f, out / f"frame_{k:03d}.png") for k, f in enumerate(result.frames)]
-    files.append(save_image(image_strip(result.frames), out / "strip.png"))
-    return _finish(args, {**result.metrics, "weights": result.weights}, files)
+    method, out = _prepare(args, images=tuple(args.image))
+    with out:
+        pipe, options, size = _setup(args, method)
+        a, b = (load_image(path, size) for path in args.image)
+        result = apps.interpolate(pipe, a, b, frames=args.frames, options=options)
+        images = {f"frame_{k:03d}.png": f for k, f in enumerate(result.frames)}
+        images["strip.png"] = image_strip(result.frames)
+        return _finish(args, out, {**result.metrics, "weights": result.weights}, images)
 
 
 def run_sample(args) -> int:
     from . import apps
-    from .images import image_grid, save_image
+    from .images import image_grid
 
-    pipe, method, size = _setup(args)
-    images = apps.sample(
-        pipe, num=args.num, seed=args.seed, prompt=args.prompt, negative_prompt=args.negative_prompt,
-        guidance_scale=args.guidance, steps=args.steps, method=method, spacing=args.spacing,
-        size=args.size, progress=not args.no_progress,
-    )
-    out = _outdir(args)
-    files = [save_image(im, out / f"sample_{k:03d}.png") for k, im in enumerate(images)]
-    files.append(save_image(image_grid(images), out / "grid.png"))
-    metrics = {"num": args.num, "seed": args.seed, "method": method.signature(), "steps": args.steps,
-               "prompt": args.prompt, "guidance_scale": args.guidance}
-    return _finish(args, metrics, files)
+    method, out = _prepare(args)
+    with out:
+        pipe, options, size = _setup(args, method)
+        images = apps.sample(pipe, num=args.num, seed=args.seed, size=args.size, options=options)
+        files = {f"sample_{k:03d}.png": im for k, im in enumerate(images)}
+        files["grid.png"] = image_grid(images)
+        metrics = {"num": args.num, "seed": args.seed, "method": options.method.signature(), "steps": args.steps,
+                   **apps.prompt_metrics(pipe, args.prompt), "guidance_scale": options.guidance_scale}
+        return _finish(args, out, metrics, files)

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["load_image", "save_image", "to_unit", "image_strip", "image_grid"]
+__all__ = ["check_image_path", "load_image", "save_image", "to_unit", "image_strip", "image_grid"]
 
 
 def _size(size) -> tuple[int, int]:
@@ -28,19 +28,28 @@ def _size(size) -> tuple[int, int]:
     return h, w
 
 
+def check_image_path(path: str | os.PathLike) -> Path:
+    """The path of an existing image file: FileNotFoundError when missing, ValueError for a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"image {str(path)!r} is a directory, not an image file")
+    if not path.is_file():
+        raise FileNotFoundError(f"image {str(path)!r} does not exist")
+    return path
+
+
 def load_image(path: str | os.PathLike, size: int | tuple[int, int]) -> torch.Tensor:
     """Read an image file as a (1, 3, H, W) float32 tensor in [−1, 1].
 
     The largest centred crop with the target aspect ratio H/W is taken, then resized to
     (H, W) with Lanczos filtering. Transparency is dropped (RGB conversion).
-    A missing file is a FileNotFoundError, an unreadable one a ValueError, both naming the path.
+    A missing file is a FileNotFoundError, a folder or an unreadable file a ValueError, all
+    naming the path.
     """
     from PIL import Image, UnidentifiedImageError
 
     h, w = _size(size)
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {str(path)!r} does not exist")
+    path = check_image_path(path)
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")

@@ -154,34 +154,55 @@ class DiscreteVP(NoiseSchedule):
         self.t_max = ac.size - 1
 
     # constructors -------------------------------------------------------------------
+    # dtype="float32" reproduces diffusers bit for bit: its schedulers compute β with
+    # torch.linspace in float32 and ᾱ = torch.cumprod(1 − β) in float32 on the CPU;
+    # dtype="float64" (default) computes the same formulas in float64. ᾱ is held in float64 either way.
     @classmethod
-    def from_betas(cls, betas, **kwargs) -> DiscreteVP:
-        """ᾱ_t = Π_{s≤t} (1 − β_s)."""
-        betas = np.asarray(betas, dtype=np.float64)
+    def from_betas(cls, betas, *, dtype: Literal["float64", "float32"] = "float64", **kwargs) -> DiscreteVP:
+        """ᾱ_t = Π_{s≤t} (1 − β_s).
+
+        dtype="float32": β and 1 − β are rounded to float32 and each ᾱ_t is the float64 running
+        product rounded to float32 (what torch.cumprod does for float32 on the CPU).
+        """
+        dt = _beta_dtype(dtype)
+        betas = np.asarray(betas, dtype=dt)
         if betas.ndim != 1 or np.any(betas <= 0) or np.any(betas >= 1):
             raise ValueError("betas must be a 1-D array with entries in (0, 1)")
-        return cls(np.exp(np.cumsum(np.log1p(-betas))), **kwargs)
+        if dt == np.float64:
+            return cls(np.exp(np.cumsum(np.log1p(-betas))), **kwargs)
+        one_minus = (np.float32(1.0) - betas).astype(np.float64)
+        return cls(np.cumprod(one_minus).astype(np.float32).astype(np.float64), **kwargs)
 
     @classmethod
-    def linear(cls, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, **kw):
+    def linear(
+        cls, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+        *, dtype: Literal["float64", "float32"] = "float64", **kw,
+    ):
         """DDPM's linear β schedule: β = linspace(β_start, β_end, T)."""
-        return cls.from_betas(np.linspace(beta_start, beta_end, num_train_timesteps), **kw)
+        betas = _linspace(beta_start, beta_end, num_train_timesteps, _beta_dtype(dtype))
+        return cls.from_betas(betas, dtype=dtype, **kw)
 
     @classmethod
     def scaled_linear(
-        cls, num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012, **kw
+        cls, num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
+        *, dtype: Literal["float64", "float32"] = "float64", **kw,
     ):
         """Stable Diffusion's schedule: β = linspace(√β_start, √β_end, T)²."""
-        return cls.from_betas(np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps) ** 2, **kw)
+        betas = _linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, _beta_dtype(dtype)) ** 2
+        return cls.from_betas(betas, dtype=dtype, **kw)
 
     @classmethod
-    def cosine(cls, num_train_timesteps: int = 1000, max_beta: float = 0.999, **kw):
+    def cosine(
+        cls, num_train_timesteps: int = 1000, max_beta: float = 0.999,
+        *, dtype: Literal["float64", "float32"] = "float64", **kw,
+    ):
         """Nichol & Dhariwal's "squaredcos_cap_v2": β_t = min(1 − ᾱ((t+1)/T)/ᾱ(t/T), max_beta),
-        ᾱ(u) = cos²((u + 0.008)/1.008 · π/2)."""
+        ᾱ(u) = cos²((u + 0.008)/1.008 · π/2). β is computed in float64 (as diffusers does) and
+        then rounded to `dtype`."""
         u = np.arange(num_train_timesteps + 1, dtype=np.float64) / num_train_timesteps
         abar = np.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
         betas = np.minimum(1.0 - abar[1:] / abar[:-1], max_beta)
-        return cls.from_betas(betas, **kw)
+        return cls.from_betas(betas, dtype=dtype, **kw)
 
     @property
     def num_train_timesteps(self) -> int:
@@ -230,6 +251,34 @@ class DiscreteVP(NoiseSchedule):
 
     def _repr_args(self) -> str:
         return f"T={self.num_train_timesteps}, steps_offset={self.steps_offset}"
+
+
+def _beta_dtype(dtype) -> type:
+    """np.float64 or np.float32 from the `dtype` option of the DiscreteVP constructors."""
+    if dtype == "float64":
+        return np.float64
+    if dtype == "float32":
+        return np.float32
+    raise ValueError(f"dtype={dtype!r} is not available; choose 'float64' or 'float32'")
+
+
+def _linspace(start: float, end: float, n: int, dt: type) -> np.ndarray:
+    """n points from start to end in dtype `dt`.
+
+    float64: numpy's linspace. float32: torch.linspace's float32 rule, which diffusers uses:
+    step h = fl(fl(end − start)/(n − 1)); point i is fl(start + i·h) in the first half and
+    fl(end − (n − 1 − i)·h) in the second, each rounded once from float32 start, end and h.
+    """
+    if dt == np.float64:
+        return np.linspace(start, end, n)
+    f32 = np.float32
+    a, b = f32(start), f32(end)
+    h = np.float64(f32((b - a) / f32(n - 1))) if n > 1 else 0.0
+    i = np.arange(n, dtype=np.float64)
+    # float32 × integer < 2^53: exact in float64, so one rounding to float32 at the end
+    first = (np.float64(a) + h * i).astype(f32)
+    second = (np.float64(b) - h * (n - 1 - i)).astype(f32)
+    return np.where(np.arange(n) < n // 2, first, second)
 
 
 # ---------------------------------------------------------------------------------

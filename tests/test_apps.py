@@ -267,3 +267,75 @@ def test_cli_bad_input(capsys, model_dirs, image_files, tmp_path):
         main(["reconstruct", "--model", str(ddpm), "--image", str(img), "--method", "euler", "--out", str(out)])
     assert info.value.code == 2
     assert "euler" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------
+# SamplingOptions and input ranges
+# ---------------------------------------------------------------------------------
+def test_options_object_equals_keywords_and_keywords_override(pipes, image_files):
+    import dataclasses
+
+    pipe = pipes["ddpm"]
+    image = load_image(image_files["a"], 16)
+    options = apps.SamplingOptions(steps=3, method="bdia", spacing="trailing")
+    by_options = apps.reconstruct(pipe, image, options=options)
+    by_keywords = apps.reconstruct(pipe, image, steps=3, method="bdia", spacing="trailing")
+    assert torch.equal(by_options.z0_rec, by_keywords.z0_rec)
+    assert by_options.metrics == by_keywords.metrics
+    overridden = apps.reconstruct(pipe, image, options=options, steps=4)
+    assert overridden.metrics["steps"] == 4 and overridden.metrics["method"] == by_options.metrics["method"]
+    assert options.steps == 3  # frozen: the override made a new object
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.steps = 5
+    x = apps.sample(pipe, num=1, steps=2, options=apps.SamplingOptions(method="ddim"))
+    assert torch.equal(x, apps.sample(pipe, num=1, steps=2, method="ddim"))
+
+
+def test_options_bad_values():
+    S = apps.SamplingOptions
+    with pytest.raises(ValueError, match="steps=0"):
+        S(steps=0)
+    with pytest.raises(ValueError, match="guidance_scale=nan"):
+        S(guidance_scale=float("nan"))
+    with pytest.raises(TypeError, match="guidance_scale='3'"):
+        S(guidance_scale="3")
+    with pytest.raises(ValueError, match="euler"):
+        S(method="euler")
+    with pytest.raises(TypeError, match="prompt"):
+        S(prompt=["a", "b"])
+    with pytest.raises(TypeError, match="progress"):
+        S(progress="yes")
+    with pytest.raises(TypeError, match="SamplingOptions"):
+        S.merge({"steps": 3})
+    assert S(guidance_scale=np.float32(2.5), steps=np.int64(7)) == S(guidance_scale=2.5, steps=7)
+
+
+def test_edit_takes_its_prompts_as_arguments(pipes, image_files):
+    pipe = pipes["sd"]
+    image = load_image(image_files["a"], 16)
+    with pytest.raises(ValueError, match="source_prompt and target_prompt"):
+        apps.edit(pipe, image, "a cat", "a dog", options=apps.SamplingOptions(prompt="a cat", steps=2))
+
+
+def test_unavailable_spacing_is_the_schedules_message(pipes, image_files):
+    with pytest.raises(ValueError, match="spacing='karras' is not available for DiscreteVP"):
+        apps.reconstruct(pipes["ddpm"], load_image(image_files["a"], 16), steps=2, spacing="karras")
+
+
+def test_images_outside_minus_one_one_are_refused(pipes, image_files):
+    pipe = pipes["ddpm"]
+    image = load_image(image_files["a"], 16)
+    pixels = (image + 1) * 127.5  # the same picture in [0, 255]
+    with pytest.raises(ValueError, match=r"\[0, 255\]"):
+        apps.reconstruct(pipe, pixels, steps=2)
+    with pytest.raises(TypeError, match="uint8"):
+        apps.interpolate(pipe, pixels.round().to(torch.uint8), image, steps=2)
+    with pytest.raises(ValueError, match="NaN"):
+        apps.reconstruct(pipe, image * float("nan"), steps=2)
+    with pytest.raises(ValueError, match="clamp"):
+        apps.reconstruct(pipe, image * 1.2, steps=2)
+
+
+def test_load_image_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="is a directory"):
+        load_image(tmp_path, 16)

@@ -342,3 +342,69 @@ def test_cuda_round_trip(model_dirs, dtype):
 def test_cuda_default_dtype(model_dirs):
     pipe = load_pipeline(model_dirs["ddpm"])
     assert pipe.device.type == "cuda" and pipe.dtype == torch.float16
+
+
+@pytest.mark.parametrize("T", [1000, 999, 37, 2])
+@pytest.mark.parametrize("kind", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_discrete_vp_float32_is_diffusers_bit_for_bit(kind, T):
+    """DiscreteVP's own constructors with dtype="float32" give diffusers' ᾱ exactly (odd and even T:
+    torch.linspace rounds each point from the nearer end)."""
+    from diffusers import DDPMScheduler
+
+    ref = DDPMScheduler(num_train_timesteps=T, beta_schedule=kind, beta_start=0.0003, beta_end=0.03)
+    make = {"linear": DiscreteVP.linear, "scaled_linear": DiscreteVP.scaled_linear}
+    ours = (
+        DiscreteVP.cosine(T, dtype="float32") if kind == "squaredcos_cap_v2"
+        else make[kind](T, 0.0003, 0.03, dtype="float32")
+    )
+    np.testing.assert_array_equal(ours.alphas_cumprod, ref.alphas_cumprod.double().numpy())
+    if kind != "squaredcos_cap_v2":  # float64 is a different rounding, same formula
+        f64 = make[kind](T, 0.0003, 0.03)
+        assert not np.array_equal(f64.alphas_cumprod, ours.alphas_cumprod)
+        np.testing.assert_allclose(f64.alphas_cumprod, ours.alphas_cumprod, rtol=1e-5)
+    with pytest.raises(ValueError, match="dtype='float16'"):
+        DiscreteVP.linear(T, dtype="float16")
+
+
+# ---------------------------------------------------------------------------------
+# one guidance check for every layer
+# ---------------------------------------------------------------------------------
+def test_check_guidance_rules():
+    from backends.guidance import check_guidance
+
+    assert check_guidance(np.float32(7.5), negative_given=False, conditional=True) == 7.5
+    assert check_guidance(1, negative_given=False, conditional=False) == 1.0
+    assert check_guidance(0.5, negative_given=True, conditional=True) == 0.5
+    assert check_guidance(-1.0, negative_given=True, conditional=True) == -1.0
+    with pytest.raises(ValueError, match="conditional"):
+        check_guidance(3.0, negative_given=True, conditional=False)
+    with pytest.raises(ValueError, match="< 1 needs negative_prompt"):
+        check_guidance(0.0, negative_given=False, conditional=True)
+    with pytest.raises(ValueError, match="finite"):
+        check_guidance(float("inf"), negative_given=True, conditional=True)
+    for bad in (True, "3", None, torch.tensor(2.0)):
+        with pytest.raises(TypeError, match="real number"):
+            check_guidance(bad, negative_given=True, conditional=True)
+    with pytest.raises(ValueError, match="--guidance=0.5 < 1 needs --negative-prompt"):
+        check_guidance(0.5, negative_given=False, conditional=True, name="--guidance", negative_name="--negative-prompt")
+
+
+@pytest.mark.parametrize(
+    "g, given, needle",
+    [(0.5, False, "< 1 needs"), (float("inf"), True, "finite"), (-2.0, False, "< 1 needs")],
+)
+def test_guidance_same_rules_in_unet_eps_and_pipeline(pipes, g, given, needle):
+    sd = pipes["sd"]
+    emb = sd.encode_prompt("a cat")
+    with pytest.raises(ValueError, match=needle):
+        UNetEps(sd.unet, sd.schedule, encoder_hidden_states=emb,
+                negative_encoder_hidden_states=emb if given else None, guidance_scale=g)
+    with pytest.raises(ValueError, match=needle):
+        sd.eps_fn("a cat", "blurry" if given else None, guidance_scale=g)
+    if g < 1 and not given:  # both layers accept it once the negative branch is there
+        UNetEps(sd.unet, sd.schedule, encoder_hidden_states=emb, negative_encoder_hidden_states=emb, guidance_scale=g)
+        sd.eps_fn("a cat", "blurry", guidance_scale=g)
+    ddpm = pipes["ddpm"]
+    for layer in (lambda: UNetEps(ddpm.unet, ddpm.schedule, guidance_scale=2.0), lambda: ddpm.eps_fn(guidance_scale=2.0)):
+        with pytest.raises(ValueError, match="conditional"):
+            layer()
