@@ -36,8 +36,8 @@ from typing import Literal, NamedTuple, Sequence
 
 import torch
 
-from belm_core.schedules import DiscreteVP
 
+from .config import PREDICTION_TYPES, PredictionType, schedule_from_config, to_eps
 from .guidance import check_guidance
 
 __all__ = [
@@ -45,8 +45,6 @@ __all__ = [
     "PromptTokens", "prompt_tokens",
 ]
 
-PredictionType = Literal["epsilon", "v_prediction", "sample"]
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -254,11 +252,7 @@ class UNetEps:
         out = self.model_output(x, t).to(device=x.device, dtype=x.dtype)
         if self.prediction_type == "epsilon":
             return out
-        alpha = float(self.schedule.alpha(t))
-        sigma = float(self.schedule.sigma(t))
-        if self.prediction_type == "v_prediction":
-            return sigma * x + alpha * out  # ε = σ_t x_t + α_t v
-        return (x - alpha * out) / sigma  # ε = (x_t − α_t x̂_0) / σ_t
+        return to_eps(out, x, float(self.schedule.alpha(t)), float(self.schedule.sigma(t)), self.prediction_type)
 
 
 def _is_conditional(unet) -> bool:
@@ -305,45 +299,6 @@ def _conditioning(unet, name: str, value, negative, device, dtype) -> tuple[torc
             "(they must agree after the batch dimension)"
         )
     return value, negative
-
-
-def schedule_from_config(config: dict, *, precision: Literal["float32", "float64"] = "float32") -> DiscreteVP:
-    """The `DiscreteVP` a diffusers scheduler config describes.
-
-    Reads num_train_timesteps, beta_start, beta_end, beta_schedule ("linear",
-    "scaled_linear", "squaredcos_cap_v2"), trained_betas and steps_offset.
-
-    precision="float32" (default) reproduces diffusers: β and ᾱ_t = Π(1 − β) are computed
-    in float32 (as every diffusers scheduler does, so these are the ᾱ the model was run
-    with in diffusers) and then held in float64. precision="float64" computes them in
-    float64 from the same formulas. Both come from `DiscreteVP.linear / scaled_linear / cosine /
-    from_betas` with `dtype=precision`. The two differ by ~1e-7 relative, far below anything
-    a sampler notices; exactness of the round trip does not depend on this choice.
-    """
-    if precision not in ("float32", "float64"):
-        raise ValueError(f"precision={precision!r} must be 'float32' or 'float64'")
-    if config.get("rescale_betas_zero_snr", False):
-        raise ValueError(
-            "scheduler config has rescale_betas_zero_snr=True: a zero terminal SNR gives σ̄ = ∞ at the last "
-            "timestep, which the σ̄-ODE cannot start from; not supported"
-        )
-    T = int(config.get("num_train_timesteps", 1000))
-    options = {"dtype": precision, "steps_offset": int(config.get("steps_offset", 0) or 0)}
-    if config.get("trained_betas") is not None:
-        return DiscreteVP.from_betas(config["trained_betas"], **options)
-    schedule = config.get("beta_schedule", "linear")
-    # diffusers' defaults for a config without them, whatever the schedule
-    beta_range = {"beta_start": float(config.get("beta_start", 0.0001)), "beta_end": float(config.get("beta_end", 0.02))}
-    if schedule == "linear":
-        return DiscreteVP.linear(T, **beta_range, **options)
-    if schedule == "scaled_linear":
-        return DiscreteVP.scaled_linear(T, **beta_range, **options)
-    if schedule == "squaredcos_cap_v2":
-        return DiscreteVP.cosine(T, **options)
-    raise ValueError(
-        f"beta_schedule={schedule!r} in the scheduler config is not supported; "
-        "choose one of ['linear', 'scaled_linear', 'squaredcos_cap_v2'] or give trained_betas"
-    )
 
 
 # ---------------------------------------------------------------------------------

@@ -66,8 +66,6 @@ def test_schedule_matches_diffusers(config):
 def test_schedule_bad_configs():
     with pytest.raises(ValueError, match="beta_schedule"):
         schedule_from_config({"beta_schedule": "sigmoid"})
-    with pytest.raises(ValueError, match="rescale_betas_zero_snr"):
-        schedule_from_config({"beta_schedule": "linear", "rescale_betas_zero_snr": True})
 
 
 # ---------------------------------------------------------------------------------

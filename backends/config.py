@@ -1,0 +1,133 @@
+"""What a diffusers scheduler config means for belm: schedule, grid options, prediction type.
+
+One place reads a diffusers `scheduler_config` (DDIM, PNDM, Euler, DPM-Solver, UniPC, …):
+
+    schedule_from_config(config)   → DiscreteVP with the ᾱ_t diffusers computes
+    solver_options(config)         → {"spacing": …, "end": …} for `belm_core.Solver`
+    prediction_type(config)        → "epsilon" | "v_prediction" | "sample"
+    to_eps(output, x, α, σ, kind)  → ε from the model's native output
+
+Every adapter (UNetEps, the drop-in schedulers, the applications) builds its grid and
+converts model outputs through these functions, so a latent inverted by one of them is
+sampled on the same grid, with the same ε, by another.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Mapping
+
+import numpy as np
+
+from belm_core.schedules import DiscreteVP
+
+__all__ = [
+    "PredictionType", "PREDICTION_TYPES", "ZERO_SNR_ALPHA_BAR",
+    "schedule_from_config", "solver_options", "prediction_type", "to_eps", "rescale_zero_terminal_snr",
+]
+
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+#: ᾱ that replaces the exact zero of a zero-terminal-SNR schedule (diffusers' Euler
+#: scheduler uses the same value): σ̄ = sqrt(1/ᾱ − 1) ≈ 4096 instead of ∞
+ZERO_SNR_ALPHA_BAR = 2.0**-24
+
+
+def rescale_zero_terminal_snr(alphas_cumprod: np.ndarray) -> np.ndarray:
+    """Lin et al. 2024 (Algorithm 1): shift and scale √ᾱ so that √ᾱ_{T−1} = 0, √ᾱ_0 unchanged.
+
+        √ᾱ'_t = (√ᾱ_t − √ᾱ_{T−1}) · √ᾱ_0 / (√ᾱ_0 − √ᾱ_{T−1})
+    """
+    root = np.sqrt(np.asarray(alphas_cumprod, dtype=np.float64))
+    first, last = root[0], root[-1]
+    return ((root - last) * first / (first - last)) ** 2
+
+
+def schedule_from_config(config: Mapping[str, Any], *, precision: Literal["float32", "float64"] = "float32") -> DiscreteVP:
+    """The `DiscreteVP` a diffusers scheduler config describes.
+
+    Reads num_train_timesteps, beta_start, beta_end, beta_schedule ("linear",
+    "scaled_linear", "squaredcos_cap_v2"), trained_betas, steps_offset and
+    rescale_betas_zero_snr.
+
+    precision="float32" (default) reproduces diffusers: β and ᾱ_t = Π(1 − β) are computed
+    in float32 (as every diffusers scheduler does, so these are the ᾱ the model was run
+    with in diffusers) and then held in float64. precision="float64" computes them in
+    float64 from the same formulas. The two differ by ~1e-7 relative, far below anything
+    a sampler notices; exactness of the round trip does not depend on this choice.
+
+    rescale_betas_zero_snr=True rescales ᾱ to a zero terminal SNR (Lin et al. 2024). The
+    ODE in σ̄ = σ/α cannot start at α = 0 (σ̄ = ∞), so the exact zero at t = T−1 is
+    replaced by ᾱ = 2⁻²⁴ (σ̄ ≈ 4096), as diffusers' Euler scheduler does; x_T is then
+    pure noise to float32 precision.
+    """
+    if precision not in ("float32", "float64"):
+        raise ValueError(f"precision={precision!r} must be 'float32' or 'float64'")
+    T = int(config.get("num_train_timesteps", 1000))
+    options = {"dtype": precision, "steps_offset": int(config.get("steps_offset", 0) or 0)}
+    schedule = _beta_schedule(config, T, options)
+    if config.get("rescale_betas_zero_snr", False):
+        ac = rescale_zero_terminal_snr(schedule.alphas_cumprod)
+        ac[-1] = ZERO_SNR_ALPHA_BAR
+        schedule = DiscreteVP(ac, steps_offset=options["steps_offset"])
+    return schedule
+
+
+def _beta_schedule(config: Mapping[str, Any], T: int, options: dict) -> DiscreteVP:
+    if config.get("trained_betas") is not None:
+        return DiscreteVP.from_betas(config["trained_betas"], **options)
+    schedule = config.get("beta_schedule", "linear")
+    # diffusers' defaults for a config without them, whatever the schedule
+    beta_range = {"beta_start": float(config.get("beta_start", 0.0001)), "beta_end": float(config.get("beta_end", 0.02))}
+    if schedule == "linear":
+        return DiscreteVP.linear(T, **beta_range, **options)
+    if schedule == "scaled_linear":
+        return DiscreteVP.scaled_linear(T, **beta_range, **options)
+    if schedule == "squaredcos_cap_v2":
+        return DiscreteVP.cosine(T, **options)
+    raise ValueError(
+        f"beta_schedule={schedule!r} in the scheduler config is not supported; "
+        "choose one of ['linear', 'scaled_linear', 'squaredcos_cap_v2'] or give trained_betas"
+    )
+
+
+def solver_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`Solver` keywords a config fixes: the grid layout and where trajectories end.
+
+    spacing: `timestep_spacing` (diffusers' default "leading" when absent).
+    end: "t_min" when `set_alpha_to_one` is False (the last step ends at ᾱ_0, as
+    DDIMScheduler does), "clean" when it is True or absent (ᾱ = 1).
+    """
+    spacing = config.get("timestep_spacing", "leading") or "leading"
+    if spacing not in DiscreteVP.spacings:
+        raise ValueError(
+            f"timestep_spacing={spacing!r} in the scheduler config is not supported; choose one of {list(DiscreteVP.spacings)}"
+        )
+    end = "t_min" if config.get("set_alpha_to_one", True) is False else "clean"
+    return {"spacing": spacing, "end": end}
+
+
+def prediction_type(config: Mapping[str, Any]) -> str:
+    """The config's `prediction_type` (default "epsilon"), checked."""
+    kind = config.get("prediction_type", "epsilon") or "epsilon"
+    if kind not in PREDICTION_TYPES:
+        raise ValueError(
+            f"prediction_type={kind!r} in the scheduler config is not supported; choose one of {list(PREDICTION_TYPES)}"
+        )
+    return kind
+
+
+def to_eps(output: Any, x: Any, alpha: float, sigma: float, kind: str) -> Any:
+    """ε from a model output at x_t = α x_0 + σ ε, in x's dtype (float64 for the solver state).
+
+        "epsilon":       ε = output
+        "v_prediction":  ε = σ x_t + α v            (v = α ε − σ x_0)
+        "sample":        ε = (x_t − α x̂_0) / σ      (x_0-prediction)
+    """
+    if kind == "epsilon":
+        return output
+    if kind == "v_prediction":
+        return sigma * x + alpha * output
+    if kind == "sample":
+        return (x - alpha * output) / sigma
+    raise ValueError(f"prediction_type={kind!r} is not known; choose one of {list(PREDICTION_TYPES)}")
