@@ -44,7 +44,7 @@ from scipy.integrate import solve_ivp
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from belm_core.schedules import NoiseSchedule
 
-__all__ = ["GaussianMixture", "AnalyticEps", "default_problem"]
+__all__ = ["GaussianMixture", "AnalyticEps", "default_problem", "empirical_order"]
 
 
 def _scalar(value: Any, name: str, *, allow_zero: bool = True) -> float:
@@ -270,6 +270,27 @@ class GaussianMixture:
 
     def __repr__(self) -> str:
         return f"GaussianMixture(K={self.n_components}, event_shape={self.event_shape})"
+
+
+def empirical_order(ns: Sequence[float], errors: Sequence[float]) -> float:
+    """Empirical convergence order p of errors that behave like C · N^(−p).
+
+    p is the least-squares slope of −log(error) against log(N) over all given points
+    (the order check diffrax runs on each of its solvers). `ns` are step counts or
+    model calls; both sequences must hold at least two points with at least two
+    distinct N, every N > 0 and every error finite and > 0 (a zero or non-finite error
+    has no logarithm: filter such points out first).
+    """
+    n = np.asarray(ns, dtype=np.float64)
+    e = np.asarray(errors, dtype=np.float64)
+    if n.ndim != 1 or e.shape != n.shape:
+        raise ValueError(f"ns and errors must be 1-d sequences of equal length, got shapes {n.shape} and {e.shape}")
+    if not (np.isfinite(n).all() and (n > 0).all()) or np.unique(n).size < 2:
+        raise ValueError(f"ns={n.tolist()} must be finite, > 0 and hold at least two distinct values")
+    if not (np.isfinite(e).all() and (e > 0).all()):
+        raise ValueError(f"errors={e.tolist()} must all be finite and > 0")
+    slope = np.polyfit(np.log(n), np.log(e), 1)[0]
+    return float(-slope)
 
 
 def default_problem(event_shape: Sequence[int] = (4,), seed: int = 0) -> GaussianMixture:

@@ -17,17 +17,22 @@ values listed in the table header).
 
 from __future__ import annotations
 
-import time
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .report import Section, savefig, table
+from backends.analytic import empirical_order
+
+from . import peers
+from .report import Section, compose, doc_intro, plot_series, savefig, table
 
 OURS = ("ddim", "bdia", "edict", "o-belm", "belm3")
 NFES_FULL = (5, 10, 20, 50, 100)
 NFES_QUICK = (5, 10, 20, 50, 100)
+TITLE = "Accuracy vs model calls (analytic Gaussian mixture)"
 
 
 def schedules(quick: bool):
@@ -84,21 +89,20 @@ def rmse(a, b) -> float:
     return float(np.sqrt(np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2)))
 
 
-def order_fit(nfes: Sequence[int], errors: Sequence[float]) -> float | None:
-    """−slope of log(error) against log(NFE) by least squares (None with < 2 finite points)."""
-    x = np.log(np.asarray(nfes, dtype=float))
-    y = np.asarray(errors, dtype=float)
-    ok = np.isfinite(y) & (y > 0)
-    if ok.sum() < 2:
+def order_fit(nfes: Sequence[int], errors: Sequence[float | None]) -> float | None:
+    """`empirical_order` over the points whose error is a finite number > 0 (None when
+    fewer than two are left: a method that failed or is exact there has no order)."""
+    pts = [(n, e) for n, e in zip(nfes, errors) if e is not None and np.isfinite(e) and e > 0]
+    if len(pts) < 2:
         return None
-    return float(-np.polyfit(x[ok], np.log(y[ok]), 1)[0])
+    ns, es = zip(*pts)
+    return empirical_order(ns, es)
 
 
 def run_case(problem: Problem, spacing: str, nfes: Sequence[int], with_peers: bool, methods: Sequence[str] = OURS) -> dict:
-    """{method: {nfe: error}} for one schedule/spacing."""
+    """{"errors": {method: {nfe: error or None}}, "notes": {method: why it has no error}}
+    for one schedule/spacing."""
     import torch
-
-    from . import peers
 
     res: dict = {}
     notes: dict = {}
@@ -126,78 +130,97 @@ def run_case(problem: Problem, spacing: str, nfes: Sequence[int], with_peers: bo
     return {"errors": res, "notes": notes}
 
 
-def run(quick: bool = False, fig_dir=None, progress: bool = True) -> Section:
-    import matplotlib.pyplot as plt
+# ------------------------------------------------------------------------ compute
+@dataclass
+class AccuracyData:
+    """Everything the tables and the figure show.
 
-    t_start = time.perf_counter()
+    `cases[(schedule, spacing)]` is :func:`run_case`'s {"errors", "notes"} dict;
+    `batch` is the number of points per case."""
+
+    nfes: tuple[int, ...]
+    batch: int
+    cases: dict
+
+
+def compute(quick: bool = False, progress: bool = True) -> AccuracyData:
     nfes = NFES_QUICK if quick else NFES_FULL
     cases = [("scaled-linear", "linspace"), ("scaled-linear", "trailing"), ("scaled-linear", "leading"),
              ("linear", "linspace"), ("cosine", "linspace")]
     if not quick:
         cases += [("linear", "trailing"), ("cosine", "trailing")]
-    scheds = schedules(quick)
-    problems = {name: Problem(s, n=64 if quick else 256) for name, s in scheds.items()}
+    batch = 64 if quick else 256
+    problems = {name: Problem(s, n=batch) for name, s in schedules(quick).items()}
     results = {}
     for sname, spacing in cases:
         if progress:
             print(f"  accuracy: {sname} / {spacing}", flush=True)
         results[(sname, spacing)] = run_case(problems[sname], spacing, nfes, with_peers=True)
+    return AccuracyData(nfes=tuple(nfes), batch=batch, cases=results)
 
-    body = [__doc__.split("\n\n", 1)[1].strip(), ""]
-    body.append(
-        f"Batch: {64 if quick else 256} points in R⁴. Methods: this project's "
-        + ", ".join(f"`{m}`" for m in OURS)
-        + "; peers: "
-        + ", ".join(f"`{p}`" for p in __import__('benchmarks.peers', fromlist=['SAMPLERS']).SAMPLERS)
-        + " (diffusers' own loops; configuration and end points in the peers note below)."
-    )
-    order_rows = []
-    for (sname, spacing), r in results.items():
-        errs = r["errors"]
-        rows = []
-        for m, by_nfe in errs.items():
-            e = [by_nfe[n] for n in nfes]
-            p_all = order_fit(nfes, [np.nan if v is None else v for v in e])
-            hi = [n for n in nfes if n >= 20]
-            p_hi = order_fit(hi, [np.nan if by_nfe[n] is None else by_nfe[n] for n in hi])
-            rows.append([m] + e + [p_all, p_hi])
-            order_rows.append((sname, spacing, m, p_all, p_hi))
-        body += ["", f"### {sname} schedule, `{spacing}` spacing — RMSE vs NFE", ""]
-        body.append(table(["method"] + [f"NFE {n}" for n in nfes] + ["order (all NFE)", "order (NFE ≥ 20)"], rows))
-        for m, why in r["notes"].items():
-            body.append(f"\n`{m}`: {why}.")
-    # O-BELM vs DDIM summary
+
+# ------------------------------------------------------------------------ tables
+def error_table(errors: dict, nfes: Sequence[int]) -> str:
+    """RMSE per method and NFE, then the empirical order over all NFE and over NFE ≥ 20."""
+    rows = []
+    hi = [n for n in nfes if n >= 20]
+    for m, by_nfe in errors.items():
+        e = [by_nfe.get(n) for n in nfes]
+        rows.append([m] + e + [order_fit(nfes, e), order_fit(hi, [by_nfe.get(n) for n in hi])])
+    return table(["method"] + [f"NFE {n}" for n in nfes] + ["order (all NFE)", "order (NFE ≥ 20)"], rows)
+
+
+def obelm_wins(data: AccuracyData) -> tuple[int, int]:
+    """(cells where O-BELM's error is below DDIM's, cells where both have one)."""
     wins = []
-    for (sname, spacing), r in results.items():
+    for r in data.cases.values():
         e = r["errors"]
-        for n in nfes:
+        for n in data.nfes:
             if e["o-belm"].get(n) is not None and e["ddim"].get(n) is not None:
                 wins.append(e["o-belm"][n] < e["ddim"][n])
-    body += ["", f"**O-BELM beats DDIM at equal NFE in {sum(wins)} of {len(wins)} (schedule, spacing, NFE) cells.**"]
-    from . import peers as _peers
+    return sum(wins), len(wins)
 
-    body += ["", "### Peers: configuration and end points", "", _peers.__doc__.split("\n\n", 1)[1].strip()]
 
-    figures = []
-    n_cases = len(results)
+def render(data: AccuracyData) -> str:
+    body = [doc_intro(__doc__), ""]
+    body.append(
+        f"Batch: {data.batch} points in R⁴. Methods: this project's "
+        + ", ".join(f"`{m}`" for m in OURS)
+        + "; peers: "
+        + ", ".join(f"`{p}`" for p in peers.SAMPLERS)
+        + " (diffusers' own loops; configuration and end points in the peers note below)."
+    )
+    for (sname, spacing), r in data.cases.items():
+        body += ["", f"### {sname} schedule, `{spacing}` spacing — RMSE vs NFE", ""]
+        body.append(error_table(r["errors"], data.nfes))
+        for m, why in r["notes"].items():
+            body.append(f"\n`{m}`: {why}.")
+    won, cells = obelm_wins(data)
+    body += ["", f"**O-BELM beats DDIM at equal NFE in {won} of {cells} (schedule, spacing, NFE) cells.**"]
+    body += ["", "### Peers: configuration and end points", "", doc_intro(peers.__doc__)]
+    return "\n".join(body)
+
+
+# ------------------------------------------------------------------------ figure
+def draw(data: AccuracyData, fig_dir: Path) -> list:
+    import matplotlib.pyplot as plt
+
+    n_cases = len(data.cases)
     fig, axes = plt.subplots(1, n_cases, figsize=(4.2 * n_cases, 4), sharey=False)
-    for ax, ((sname, spacing), r) in zip(np.atleast_1d(axes), results.items()):
-        for m, by_nfe in r["errors"].items():
-            xs = [n for n in nfes if by_nfe.get(n) is not None]
-            if not xs:
-                continue
-            ax.loglog(xs, [by_nfe[n] for n in xs], marker="o" if m in OURS else "x",
-                      ls="-" if m in OURS else "--", label=m)
+    axes = np.atleast_1d(axes)
+    for ax, ((sname, spacing), r) in zip(axes, data.cases.items()):
+        plot_series(ax, data.nfes, r["errors"], OURS)
         ax.set_title(f"{sname}, {spacing}")
         ax.set_xlabel("NFE (model calls)")
-        ax.grid(True, which="both", alpha=0.3)
-    np.atleast_1d(axes)[0].set_ylabel("RMSE vs reference ODE solution")
-    np.atleast_1d(axes)[-1].legend(fontsize=7)
+    axes[0].set_ylabel("RMSE vs reference ODE solution")
+    axes[-1].legend(fontsize=7)
     fig.suptitle("Accuracy vs NFE on analytic Gaussian-mixture data (R⁴, K = 5)")
-    figures.append((savefig(fig, fig_dir, "accuracy_vs_nfe"),
-                    "RMSE of x_0 against the DOP853 reference ODE solution vs number of model calls, per schedule and "
-                    "timestep spacing; solid lines with circles: this project's methods; dashed with crosses: "
-                    "diffusers schedulers driven by their own step loops on the same exact ε. "
-                    "Produced by `benchmarks/accuracy.py`."))
-    return Section("Accuracy vs model calls (analytic Gaussian mixture)", "\n".join(body), figures,
-                   seconds=time.perf_counter() - t_start)
+    return [(savefig(fig, fig_dir, "accuracy_vs_nfe"),
+             "RMSE of x_0 against the DOP853 reference ODE solution vs number of model calls, per schedule and "
+             "timestep spacing; solid lines with circles: this project's methods; dashed with crosses: "
+             "diffusers schedulers driven by their own step loops on the same exact ε. "
+             "Produced by `benchmarks/accuracy.py`.")]
+
+
+def run(quick: bool = False, fig_dir=None, progress: bool = True) -> Section:
+    return compose(TITLE, lambda: compute(quick, progress), render, draw, fig_dir)

@@ -34,13 +34,17 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .report import REPO, Section, savefig, table
+from .report import REPO, Section, compose, doc_intro, grid_table, savefig, table
 
 METHODS = ("ddim", "o-belm", "bdia", "edict")
 STEPS = 20
+OVERHEAD_STEPS = 50
+TITLE = "Cost: time, memory, overhead, derivation"
 
 
 def build_unet(seed: int = 0):
@@ -116,7 +120,7 @@ def _overhead(quick: bool):
     from belm_core import DiscreteVP, Solver
 
     schedule = DiscreteVP.scaled_linear()
-    steps = 50
+    steps = OVERHEAD_STEPS
     out = {}
 
     def free_eps(x, t):
@@ -276,10 +280,34 @@ def _coefficient_times(ks=(2, 3, 4, 5), steps: int = 100):
     return out
 
 
-def run(quick: bool = False, fig_dir=None, progress: bool = True) -> Section:
-    import matplotlib.pyplot as plt
+# ------------------------------------------------------------------------ compute
+@dataclass
+class CostData:
+    """Measurements behind the tables and the figure (seconds, KiB, bytes).
 
-    t_start = time.perf_counter()
+    `times[name]` lists one wall time per round (`rounds` of them) and `ratios[name]` is
+    the median per-round ratio to ddim; `forward_s` is one UNet call. `overhead[(kind,
+    method)]` is seconds per step with a free ε on a torch or NumPy state; `profile` the
+    cProfile text. `memory` / `memory_free` map a method to its child process's
+    {"before_kib", "after_kib"(, "state_kib")} record (None when the child failed);
+    `tracemalloc[method]` is a peak in bytes for a NumPy state of `state_bytes`.
+    `derive[k]` and `coefficients[k]` are seconds, or a string saying why not."""
+
+    times: dict
+    ratios: dict
+    forward_s: float
+    rounds: int
+    overhead: dict
+    profile: str
+    memory: dict
+    memory_free: dict
+    tracemalloc: dict
+    state_bytes: int
+    derive: dict
+    coefficients: dict
+
+
+def compute(quick: bool = False, progress: bool = True) -> CostData:
     times, ratios, t_fwd, rounds = _time_unet(quick, progress)
     if progress:
         print("  cost: overhead", flush=True)
@@ -291,63 +319,95 @@ def run(quick: bool = False, fig_dir=None, progress: bool = True) -> Section:
     tm, state_bytes = _tracemalloc_numpy()
     if progress:
         print("  cost: derivation", flush=True)
-    dt = _derive_times((2, 3, 4) if quick else (2, 3, 4, 5))
-    ct = _coefficient_times((2, 3, 4) if quick else (2, 3, 4, 5))
+    ks = (2, 3, 4) if quick else (2, 3, 4, 5)
+    return CostData(times=times, ratios=ratios, forward_s=t_fwd, rounds=rounds, overhead=overhead, profile=prof_txt,
+                    memory=mem, memory_free=mem_free, tracemalloc=tm, state_bytes=state_bytes,
+                    derive=_derive_times(ks), coefficients=_coefficient_times(ks))
 
-    body = [__doc__.split("\n\n", 1)[1].strip(), ""]
-    body += [f"### 1. Sampling time with a small UNet ({STEPS} steps, batch 2×3×32×32, {rounds} interleaved rounds)", ""]
+
+# ------------------------------------------------------------------------ tables
+def time_table(data: CostData) -> str:
     rows = []
-    for n in times:
+    for n, ts in data.times.items():
         nfe = STEPS * (2 if n == "edict" else 1)
-        rows.append([n, nfe, statistics.median(times[n]), min(times[n]), ratios[n]])
-    body.append(table(["method", "NFE", "median wall time [s]", "min [s]", "ratio to ddim (median of per-round ratios)"], rows, ".3f"))
-    body += ["", f"One UNet forward pass alone: {t_fwd * 1e3:.1f} ms (median of 10) → {STEPS} calls ≈ {STEPS * t_fwd:.3f} s.",
-             f"**o-belm / ddim = {ratios['o-belm']:.3f}** (target ≤ 1.03); **edict / ddim = {ratios['edict']:.2f}** (2 calls per step).",
-             "The diffusers loop keeps a float32 state (as its pipelines do); ours keep float64 and cast ε."]
-    body += ["", "### 2. Solver overhead per step with a nearly free ε (`lambda x, t: x`), (4, 3, 32, 32) float64 state, 50 steps", ""]
-    body.append(table(["method", "torch [µs/step]", "NumPy [µs/step]"],
-                      [[m, overhead[("torch", m)] * 1e6, overhead[("numpy", m)] * 1e6] for m in METHODS], ".0f"))
-    body += ["", "cProfile of 200 o-belm steps (torch state, free ε), top functions by own time:", "", "```", prof_txt, "```"]
-    body += ["", "### 3. Peak memory", ""]
+        rows.append([n, nfe, statistics.median(ts), min(ts), data.ratios[n]])
+    return table(["method", "NFE", "median wall time [s]", "min [s]", "ratio to ddim (median of per-round ratios)"],
+                 rows, ".3f")
+
+
+def memory_tables(data: CostData) -> tuple[str, str, str]:
+    """(UNet maxrss, large-state maxrss, NumPy tracemalloc) tables."""
     rows = []
-    for m, r in mem.items():
+    for m, r in data.memory.items():
         if r is None:
             rows.append([m, None, None, None])
         else:
             rows.append([m, r["before_kib"] / 1024, r["after_kib"] / 1024, (r["after_kib"] - r["before_kib"]) / 1024])
-    body.append(table(["method (subprocess, UNet as in 1)", "maxrss after warm-up [MiB]", "maxrss after sampling [MiB]",
-                       "added by sampling [MiB]"], rows, ".1f"))
-    body += ["", "The UNet's own working set (activations of one forward pass) sets the peak; the solver's states "
-             "(a few × 48 KiB here) are invisible next to it. To see the solver's own footprint, the same measurement "
-             "with a 64 MiB float64 state and a cheap ε that returns a fresh tensor per call (`x * 0.5`):", ""]
+    unet = table(["method (subprocess, UNet as in 1)", "maxrss after warm-up [MiB]", "maxrss after sampling [MiB]",
+                  "added by sampling [MiB]"], rows, ".1f")
     rows = []
-    for m, r in mem_free.items():
+    for m, r in data.memory_free.items():
         if r is None:
             rows.append([m, None, None])
         else:
             d = (r["after_kib"] - r["before_kib"]) / 1024
             rows.append([m, d, d * 1024 / r["state_kib"]])
-    body.append(table(["method", "maxrss added by sampling [MiB]", "in units of the state size (x_T allocated before the first reading)"], rows, ".1f"))
+    large = table(["method", "maxrss added by sampling [MiB]",
+                   "in units of the state size (x_T allocated before the first reading)"], rows, ".1f")
+    tm = data.tracemalloc
+    traced = table(["method", "peak [KiB]", "peak / state size"],
+                   [[m, tm[m] / 1024, tm[m] / data.state_bytes] for m in tm], ".1f")
+    return unet, large, traced
+
+
+def render(data: CostData) -> str:
+    ratios, t_fwd, oh, ct = data.ratios, data.forward_s, data.overhead, data.coefficients
+    unet_mem, large_mem, traced_mem = memory_tables(data)
+    body = [doc_intro(__doc__), ""]
+    body += [f"### 1. Sampling time with a small UNet ({STEPS} steps, batch 2×3×32×32, {data.rounds} interleaved rounds)", ""]
+    body.append(time_table(data))
+    body += ["", f"One UNet forward pass alone: {t_fwd * 1e3:.1f} ms (median of 10) → {STEPS} calls ≈ {STEPS * t_fwd:.3f} s.",
+             f"**o-belm / ddim = {ratios['o-belm']:.3f}** (target ≤ 1.03); **edict / ddim = {ratios['edict']:.2f}** (2 calls per step).",
+             "The diffusers loop keeps a float32 state (as its pipelines do); ours keep float64 and cast ε."]
+    body += ["", f"### 2. Solver overhead per step with a nearly free ε (`lambda x, t: x`), (4, 3, 32, 32) float64 state, "
+             f"{OVERHEAD_STEPS} steps", ""]
+    methods = list(dict.fromkeys(m for _, m in oh))
+    body.append(grid_table("method", methods, ("torch", "numpy"), lambda m, kind: oh[(kind, m)] * 1e6,
+                           {"torch": "torch [µs/step]", "numpy": "NumPy [µs/step]"}.get, ".0f"))
+    body += ["", "cProfile of 200 o-belm steps (torch state, free ε), top functions by own time:", "", "```", data.profile, "```"]
+    body += ["", "### 3. Peak memory", "", unet_mem]
+    body += ["", "The UNet's own working set (activations of one forward pass) sets the peak; the solver's states "
+             "(a few × 48 KiB here) are invisible next to it. To see the solver's own footprint, the same measurement "
+             "with a 64 MiB float64 state and a cheap ε that returns a fresh tensor per call (`x * 0.5`):", "", large_mem]
     body += ["", f"tracemalloc peak during `Solver.sample` with a NumPy state and the same cheap ε "
-                 f"(x: 256×4096 float64 = {state_bytes / 2**20:.0f} MiB, allocated before tracing; {STEPS} steps):", ""]
-    body.append(table(["method", "peak [KiB]", "peak / state size"], [[m, tm[m] / 1024, tm[m] / state_bytes] for m in METHODS], ".1f"))
+                 f"(x: 256×4096 float64 = {data.state_bytes / 2**20:.0f} MiB, allocated before tracing; {STEPS} steps):", "",
+             traced_mem]
     body += ["", "### 4. Coefficient derivation vs k", ""]
     body.append(table(["k", "derive(k), first call in a fresh process [s]", "coefficient tables per step when building a Solver [µs]"],
-                      [[k, dt.get(k), (ct.get(k) * 1e6 if isinstance(ct.get(k), float) else ct.get(k))] for k in dt], ".3g"))
+                      [[k, data.derive.get(k), (ct.get(k) * 1e6 if isinstance(ct.get(k), float) else ct.get(k))]
+                       for k in data.derive], ".3g"))
+    return "\n".join(body)
 
-    figures = []
+
+# ------------------------------------------------------------------------ figure
+def draw(data: CostData, fig_dir: Path) -> list:
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    names = list(times)
-    ax.boxplot([times[n] for n in names])
+    names = list(data.times)
+    ax.boxplot([data.times[n] for n in names])
     ax.set_xticks(range(1, len(names) + 1), names)
     ax.set_ylabel("wall time per sampling run [s]")
     ax.set_title(f"Sampling wall time, small UNet on CPU, {STEPS} steps")
     plt.setp(ax.get_xticklabels(), rotation=15, fontsize=8)
-    figures.append((savefig(fig, fig_dir, "cost_unet_time"),
-                    f"Wall time of one full {STEPS}-step sampling run (batch 2×3×32×32) with a small random-weight "
-                    f"UNet2DModel on CPU, {rounds} interleaved rounds per method. EDICT makes 2 UNet calls per step. "
-                    "Produced by `benchmarks/cost.py`."))
-    return Section("Cost: time, memory, overhead, derivation", "\n".join(body), figures, seconds=time.perf_counter() - t_start)
+    return [(savefig(fig, fig_dir, "cost_unet_time"),
+             f"Wall time of one full {STEPS}-step sampling run (batch 2×3×32×32) with a small random-weight "
+             f"UNet2DModel on CPU, {data.rounds} interleaved rounds per method. EDICT makes 2 UNet calls per step. "
+             "Produced by `benchmarks/cost.py`.")]
+
+
+def run(quick: bool = False, fig_dir=None, progress: bool = True) -> Section:
+    return compose(TITLE, lambda: compute(quick, progress), render, draw, fig_dir)
 
 
 if __name__ == "__main__":

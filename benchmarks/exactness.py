@@ -18,15 +18,19 @@ growth of round-off through the inverse recurrence; BDIA's is γ^{−N}, EDICT's
 
 from __future__ import annotations
 
-import time
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .report import Section, savefig, table
+from . import peers
+from .report import Section, compose, doc_intro, grid_table, log_clip, plot_series, savefig
 
 STEPS = (10, 20, 50, 100, 200, 500)
 DTYPES = ("float64", "float32", "float16", "bfloat16")
+STEPS_LOW_PRECISION = (10, 50, 200, 500)  # float16 / bfloat16 rows
+TITLE = "Exactness of inversion (round trip)"
 
 
 def methods():
@@ -68,9 +72,8 @@ def roundtrip_ours(schedule, eps_fn, x0, method_factory, steps: int, dtype: str,
 
 
 def roundtrip_peer(name: str, schedule, eps_fn, x0, steps: int, dtype: str):
+    """(mse, None) of one diffusers inverse → forward round trip (None, reason on failure)."""
     import torch
-
-    from . import peers
 
     try:
         with np.errstate(all="ignore"):
@@ -81,26 +84,41 @@ def roundtrip_peer(name: str, schedule, eps_fn, x0, steps: int, dtype: str):
     return (err if np.isfinite(err) else float("inf")), None
 
 
-def run(quick: bool = False, fig_dir=None, progress: bool = True) -> Section:
-    import matplotlib.pyplot as plt
+# ------------------------------------------------------------------------ compute
+@dataclass
+class ExactnessData:
+    """Round-trip errors and amplification factors.
+
+    `err[(name, steps, dtype)]` is the round-trip MSE (inf when the run blew up, None
+    when it could not run); `amp[(name, steps)]` is this project's methods' float64
+    amplification factor. `ours` and `peers` are the method names, in table order."""
+
+    steps: tuple[int, ...]
+    ours: tuple[str, ...]
+    peers: tuple[str, ...]
+    err: dict
+    amp: dict
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.ours + self.peers
+
+
+def compute(quick: bool = False, progress: bool = True) -> ExactnessData:
     import torch
 
     from backends.analytic import AnalyticEps, default_problem
     from belm_core import DiscreteVP
 
-    from . import peers
-
-    t_start = time.perf_counter()
     schedule = DiscreteVP.scaled_linear()
     data = default_problem((4,), seed=0)
     eps = AnalyticEps(data, schedule)
     x0 = torch.from_numpy(data.sample(64, seed=3))
-    steps_list = STEPS
     meths = methods()
-    err = {}  # (name, steps, dtype) -> mse
-    amp = {}
+    err: dict = {}
+    amp: dict = {}
     for dtype in DTYPES:
-        steps_here = steps_list if dtype in ("float64", "float32") else (10, 50, 200, 500)
+        steps_here = STEPS if dtype in ("float64", "float32") else STEPS_LOW_PRECISION
         if progress:
             print(f"  exactness: {dtype}", flush=True)
         for s in steps_here:
@@ -112,42 +130,52 @@ def run(quick: bool = False, fig_dir=None, progress: bool = True) -> Section:
             for name in peers.INVERTERS:
                 e, _ = roundtrip_peer(name, schedule, eps, x0, s, dtype)
                 err[(name, s, dtype)] = e
-    names = list(meths) + list(peers.INVERTERS)
+    return ExactnessData(steps=STEPS, ours=tuple(meths), peers=tuple(peers.INVERTERS), err=err, amp=amp)
 
-    body = [__doc__.split("\n\n", 1)[1].strip(), ""]
-    body += ["### Round-trip MSE vs steps, float64 state", ""]
-    body.append(table(["method"] + [f"{s} steps" for s in steps_list],
-                      [[n] + [err.get((n, s, "float64")) for s in steps_list] for n in names], ".2e"))
-    body += ["", "### Round-trip MSE vs steps, float32 state", ""]
-    body.append(table(["method"] + [f"{s} steps" for s in steps_list],
-                      [[n] + [err.get((n, s, "float32")) for s in steps_list] for n in names], ".2e"))
-    body += ["", "### Round-trip MSE vs state dtype (50 and 500 steps)", ""]
-    body.append(table(["method"] + [f"{d}, {s}" for s in (50, 500) for d in DTYPES],
-                      [[n] + [err.get((n, s, d)) for s in (50, 500) for d in DTYPES] for n in names], ".1e"))
-    body += ["", "### Amplification factor `Solver.amplification()` (float64 plan)", ""]
-    body.append(table(["method"] + [f"{s} steps" for s in steps_list],
-                      [[n] + [amp.get((n, s)) for s in steps_list] for n in meths], ".3g"))
-    # where do the γ < 1 / EDICT methods blow up?
+
+# ------------------------------------------------------------------------ tables
+def failure_summary(data: ExactnessData, tol: float = 1e-6) -> str:
+    """Per method of ours, the first step count from which the float64 round trip fails."""
     blow = []
-    for n in meths:
-        bad = [s for s in steps_list if (err.get((n, s, "float64")) is None or err[(n, s, "float64")] > 1e-6)]
+    for n in data.ours:
+        bad = [s for s in data.steps if (data.err.get((n, s, "float64")) is None or data.err[(n, s, "float64")] > tol)]
         blow.append(f"`{n}`: " + (f"MSE > 1e−6 from {bad[0]} steps on" if bad else "MSE ≤ 1e−6 at every step count")
                     + (" (inexact by construction)" if n == "ddim" else ""))
-    body += ["", "**Where the round trip fails (float64 state, MSE > 1e−6):** " + "; ".join(blow) + ".",
+    return "; ".join(blow)
+
+
+def render(data: ExactnessData) -> str:
+    err, steps = data.err, data.steps
+
+    def steps_table(dtype: str) -> str:
+        return grid_table("method", data.names, steps, lambda n, s: err.get((n, s, dtype)), lambda s: f"{s} steps", ".2e")
+
+    by_dtype = [(s, d) for s in (50, 500) for d in DTYPES]
+    body = [doc_intro(__doc__), ""]
+    body += ["### Round-trip MSE vs steps, float64 state", "", steps_table("float64")]
+    body += ["", "### Round-trip MSE vs steps, float32 state", "", steps_table("float32")]
+    body += ["", "### Round-trip MSE vs state dtype (50 and 500 steps)", ""]
+    body.append(grid_table("method", data.names, by_dtype, lambda n, sd: err.get((n, *sd)),
+                           lambda sd: f"{sd[1]}, {sd[0]}", ".1e"))
+    body += ["", "### Amplification factor `Solver.amplification()` (float64 plan)", ""]
+    body.append(grid_table("method", data.ours, steps, lambda n, s: data.amp.get((n, s)), lambda s: f"{s} steps", ".3g"))
+    body += ["", "**Where the round trip fails (float64 state, MSE > 1e−6):** " + failure_summary(data) + ".",
              "", "`inf` means the run produced non-finite values (the solver's finiteness check stopped it).",
              "The real-network version of this measurement (trained digits UNet) is in the digits section."]
+    return "\n".join(body)
+
+
+# ------------------------------------------------------------------------ figures
+def draw(data: ExactnessData, fig_dir: Path) -> list:
+    import matplotlib.pyplot as plt
 
     figures = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, dtype in zip(axes, ("float64", "float32")):
-        for n in names:
-            xs = [s for s in steps_list if err.get((n, s, dtype)) is not None]
-            ys = [min(err[(n, s, dtype)], 1e30) for s in xs]
-            ys = [max(y, 1e-34) for y in ys]
-            ax.loglog(xs, ys, marker="o" if n in meths else "x", ls="-" if n in meths else "--", label=n)
+        series = {n: {s: data.err.get((n, s, dtype)) for s in data.steps} for n in data.names}
+        plot_series(ax, data.steps, series, data.ours, clip=True)
         ax.set_title(f"state dtype {dtype}")
         ax.set_xlabel("steps N")
-        ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("round-trip MSE  (inf/NaN clipped to 1e30)")
     axes[1].legend(fontsize=7)
     fig.suptitle("Exactness: MSE(sample(invert(x0)), x0) on the analytic Gaussian mixture, SD scaled-linear, trailing")
@@ -159,11 +187,9 @@ def run(quick: bool = False, fig_dir=None, progress: bool = True) -> Section:
                     "`benchmarks/exactness.py`."))
     fig, ax = plt.subplots(figsize=(6.5, 4))
     x = np.arange(len(DTYPES))
-    w = 0.8 / len(names)
-    for j, n in enumerate(names):
-        ys = [err.get((n, 50, d)) for d in DTYPES]
-        ys = [np.nan if y is None else max(min(y, 1e30), 1e-34) for y in ys]
-        ax.bar(x + j * w, ys, w, label=n)
+    w = 0.8 / len(data.names)
+    for j, n in enumerate(data.names):
+        ax.bar(x + j * w, [log_clip(data.err.get((n, 50, d))) for d in DTYPES], w, label=n)
     ax.set_yscale("log")
     ax.set_xticks(x + 0.4 - w / 2, DTYPES)
     ax.set_ylabel("round-trip MSE (50 steps)")
@@ -172,4 +198,8 @@ def run(quick: bool = False, fig_dir=None, progress: bool = True) -> Section:
     figures.append((savefig(fig, fig_dir, "exactness_vs_dtype"),
                     "Round-trip MSE at 50 steps for each solver-state dtype; ε itself is exact (float64) and cast to the "
                     "state dtype. Produced by `benchmarks/exactness.py`."))
-    return Section("Exactness of inversion (round trip)", "\n".join(body), figures, seconds=time.perf_counter() - t_start)
+    return figures
+
+
+def run(quick: bool = False, fig_dir=None, progress: bool = True) -> Section:
+    return compose(TITLE, lambda: compute(quick, progress), render, draw, fig_dir)

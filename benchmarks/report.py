@@ -1,8 +1,12 @@
 """RESULTS.md writer: sections of markdown plus captioned figures, under a provenance header.
 
-Every benchmark returns a :class:`Section`; :func:`write_results` stamps the machine,
-the date (UTC), the git commit and the exact command, and writes one markdown file.
-Figures are PNGs saved with matplotlib's Agg backend (:func:`figure_path`, :func:`savefig`).
+Every benchmark module has three pieces: a compute function returning plain data, a
+renderer turning that data into markdown tables, and a function drawing its figures
+from the same data; :func:`compose` times them and returns a :class:`Section`.
+:func:`write_results` stamps the machine, the date (UTC), the git commit and the exact
+command, and writes one markdown file. Tables: :func:`table`, :func:`grid_table`.
+Figures are PNGs saved with matplotlib's Agg backend (:func:`figure_path`,
+:func:`savefig`); :func:`plot_series` draws the log-log "ours vs peers" curves.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Collection, Hashable, Mapping, Sequence, TypeVar
 
 import matplotlib
 
@@ -22,6 +27,9 @@ matplotlib.use("Agg")
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
+
+D = TypeVar("D")
+LOG_FLOOR, LOG_CEIL = 1e-34, 1e30  # where log-scale plots clip 0 and inf
 
 
 @dataclass
@@ -49,6 +57,64 @@ def table(headers: Sequence[str], rows: Sequence[Sequence], floatfmt: str = ".3g
     out = ["| " + " | ".join(map(str, headers)) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(out)
+
+
+def grid_table(
+    label: str,
+    rows: Sequence[Any],
+    cols: Sequence[Any],
+    value: Callable[[Any, Any], Any],
+    header: Callable[[Any], str] = str,
+    floatfmt: str = ".3g",
+) -> str:
+    """A :func:`table` with one row per entry of `rows` (named in the first column,
+    headed `label`) and one column per entry of `cols` (headed `header(col)`); the cell
+    is `value(row, col)`."""
+    return table([label] + [header(c) for c in cols], [[r] + [value(r, c) for c in cols] for r in rows], floatfmt)
+
+
+def doc_intro(doc: str | None) -> str:
+    """A benchmark module's docstring without its one-line title: the method paragraph(s)
+    each section opens with."""
+    return (doc or "").split("\n\n", 1)[-1].strip()
+
+
+def compose(
+    title: str,
+    compute: Callable[[], D],
+    render: Callable[[D], str],
+    draw: Callable[[D, Path], list],
+    fig_dir: Path,
+) -> Section:
+    """Section `title` from `render(data)` and `draw(data, fig_dir)` with `data = compute()`;
+    its `seconds` is the wall time of all three."""
+    t_start = time.perf_counter()
+    data = compute()
+    body = render(data)
+    figures = draw(data, Path(fig_dir))
+    return Section(title, body, figures, seconds=time.perf_counter() - t_start)
+
+
+def log_clip(y: float | None) -> float:
+    """y for a log-scale axis: None → NaN (a gap), 0 → LOG_FLOOR, inf → LOG_CEIL."""
+    if y is None:
+        return float("nan")
+    return max(min(float(y), LOG_CEIL), LOG_FLOOR)
+
+
+def plot_series(ax, xs: Sequence, series: Mapping[str, Mapping[Hashable, float | None]], ours: Collection[str],
+                clip: bool = False) -> None:
+    """One log-log curve per name in `series` ({name: {x: y}}) over the x in `xs` where
+    y is not None: this project's methods (`ours`) solid with circles, peers dashed with
+    crosses; `clip` maps 0 and inf onto the axis (:func:`log_clip`)."""
+    for name, by_x in series.items():
+        pts = [x for x in xs if by_x.get(x) is not None]
+        if not pts:
+            continue
+        ys = [log_clip(by_x[x]) if clip else by_x[x] for x in pts]
+        mine = name in ours
+        ax.loglog(pts, ys, marker="o" if mine else "x", ls="-" if mine else "--", label=name)
+    ax.grid(True, which="both", alpha=0.3)
 
 
 def figure_path(fig_dir: Path, name: str) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends.analytic import AnalyticEps, GaussianMixture
+from backends.analytic import AnalyticEps, GaussianMixture, empirical_order
 
 
 def held_out_mixture(event_shape=(4,), seed=1234) -> GaussianMixture:
@@ -32,11 +32,6 @@ def mse(a, b) -> float:
     a = np.asarray(a.detach().cpu().double() if hasattr(a, "detach") else a, dtype=np.float64)
     b = np.asarray(b.detach().cpu().double() if hasattr(b, "detach") else b, dtype=np.float64)
     return float(np.mean((a - b) ** 2))
-
-
-def empirical_order(ns, errors) -> float:
-    """Slope of −log(error) against log(N) by least squares (diffrax-style)."""
-    return float(-np.polyfit(np.log(ns), np.log(errors), 1)[0])
 
 
 __all__ = ["AnalyticEps", "held_out_mixture", "irregular_timesteps", "mse", "empirical_order"]

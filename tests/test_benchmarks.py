@@ -1,4 +1,5 @@
-"""Smoke tests of the benchmark suite on tiny settings (properties, not golden numbers)."""
+"""Benchmark suite: smoke tests on tiny settings, and the table renderers on hand-made
+data (properties, not golden numbers)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ pytest.importorskip("matplotlib")
 
 from belm_core import DiscreteVP  # noqa: E402
 
-from benchmarks import accuracy, exactness, peers, report  # noqa: E402
+from backends.analytic import empirical_order  # noqa: E402
+from benchmarks import accuracy, cost, digits, exactness, peers, report  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +21,205 @@ def problem():
     return accuracy.Problem(DiscreteVP.scaled_linear(), n=16, seed=0)
 
 
-def test_order_fit_recovers_slope():
-    n = np.array([10, 20, 50, 100])
-    assert accuracy.order_fit(n, 3.0 * n**-2.0) == pytest.approx(2.0)
+def rows_of(markdown: str) -> dict[str, list[str]]:
+    """{first cell: other cells} of every body row of the markdown tables in `markdown`."""
+    out = {}
+    for line in markdown.splitlines():
+        if line.startswith("| ") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            out.setdefault(cells[0], cells[1:])
+    return out
+
+
+@pytest.mark.parametrize("p", [0.5, 1.0, 2.0, 3.7])
+def test_empirical_order_recovers_slope(p):
+    n = np.array([7, 10, 20, 50, 100])
+    c = np.random.default_rng(int(p * 10)).uniform(0.1, 10.0)
+    assert empirical_order(n, c * n**-p) == pytest.approx(p, abs=1e-12)
+    wobble = 1 + 0.05 * np.sin(n)  # a least-squares fit, not the end points' slope
+    assert abs(empirical_order(n, c * n**-p * wobble) - p) < 0.05
+
+
+@pytest.mark.parametrize("ns, errors, word", [
+    ([10], [1.0], "ns"), ([10, 10], [1.0, 0.5], "ns"), ([10, 20], [1.0], "equal length"),
+    ([10, 20], [1.0, 0.0], "errors"), ([10, 20], [1.0, float("inf")], "errors"), ([0, 20], [1.0, 0.5], "ns"),
+])
+def test_empirical_order_rejects_points_without_a_logarithm(ns, errors, word):
+    with pytest.raises(ValueError, match=word):
+        empirical_order(ns, errors)
+
+
+def test_order_fit_skips_missing_points():
+    n = [10, 20, 50, 100]
+    e = [3.0 * k**-2.0 for k in n]
+    assert accuracy.order_fit(n, e) == pytest.approx(2.0)
+    assert accuracy.order_fit(n, [None, e[1], float("inf"), e[3]]) == pytest.approx(2.0)
+    assert accuracy.order_fit(n, [None, 0.0, float("nan"), e[3]]) is None
     assert accuracy.order_fit([10], [1.0]) is None
+
+
+# ------------------------------------------------------------------ table renderers on hand-made data
+NFES = (5, 10, 20, 40)
+
+
+def _accuracy_data() -> accuracy.AccuracyData:
+    first = {"ddim": {n: 2.0 / n for n in NFES}, "o-belm": {n: 5.0 * n**-2.0 for n in NFES},
+             "belm3": {n: None for n in NFES}}
+    second = {"ddim": {n: 1.0 / n for n in NFES}, "o-belm": {5: 1.0, 10: 0.01, 20: 0.001, 40: None}}
+    return accuracy.AccuracyData(nfes=NFES, batch=7, cases={
+        ("linear", "linspace"): {"errors": first, "notes": {"belm3": "unavailable (no derivation)"}},
+        ("cosine", "trailing"): {"errors": second, "notes": {}},
+    })
+
+
+def test_accuracy_table_lists_every_method_with_errors_and_orders():
+    data = _accuracy_data()
+    errors = data.cases[("linear", "linspace")]["errors"]
+    rows = rows_of(accuracy.error_table(errors, NFES))
+    assert set(rows) == {"method", "ddim", "o-belm", "belm3"}
+    assert rows["method"] == [f"NFE {n}" for n in NFES] + ["order (all NFE)", "order (NFE ≥ 20)"]
+    for m in ("ddim", "o-belm"):
+        assert rows[m][: len(NFES)] == [format(errors[m][n], ".3g") for n in NFES]
+    assert [float(v) for v in rows["ddim"][-2:]] == pytest.approx([1.0, 1.0], abs=1e-3)
+    assert [float(v) for v in rows["o-belm"][-2:]] == pytest.approx([2.0, 2.0], abs=1e-3)
+    assert rows["belm3"] == ["—"] * (len(NFES) + 2)  # no error → no order either
+
+
+def test_accuracy_render_has_one_table_per_case_and_counts_wins():
+    text = accuracy.render(_accuracy_data())
+    assert "### linear schedule, `linspace` spacing" in text and "### cosine schedule, `trailing` spacing" in text
+    assert text.count("| method |") == 2
+    assert "`belm3`: unavailable (no derivation)." in text
+    # first case: o-belm below ddim at NFE 5? 0.2 vs 0.4 yes, and at 10, 20, 40; second: 1 > 0.2, 0.01 < 0.1, 0.001 < 0.05
+    assert "in 6 of 7 (schedule, spacing, NFE) cells" in text
+    assert "Batch: 7 points" in text and all(f"`{p}`" in text for p in peers.SAMPLERS)
+
+
+def test_exactness_render_formats_errors_and_finds_the_failures():
+    steps = exactness.STEPS
+    ours, theirs = ("o-belm", "bdia(γ=0.5)", "ddim"), ("diffusers-DDIMInverse",)
+    err = {}
+    for s in steps:
+        for d in exactness.DTYPES:
+            err[("o-belm", s, d)] = 1e-30 * s
+            err[("bdia(γ=0.5)", s, d)] = 1e-30 if s < 50 else float("inf")
+            err[("ddim", s, d)] = 1e-3 / s
+            err[("diffusers-DDIMInverse", s, d)] = 2e-3 / s if d != "bfloat16" else None
+    amp = {(n, s): 2.0**s if n == "bdia(γ=0.5)" else 1.0 for n in ours for s in steps}
+    data = exactness.ExactnessData(steps=steps, ours=ours, peers=theirs, err=err, amp=amp)
+    text = exactness.render(data)
+    tables = text.split("### ")
+    f64 = rows_of(tables[1])
+    assert f64["method"] == [f"{s} steps" for s in steps]
+    assert set(f64) == {"method", *ours, *theirs}
+    assert f64["o-belm"] == [format(1e-30 * s, ".2e") for s in steps]
+    assert f64["bdia(γ=0.5)"][-1] == "inf"
+    by_dtype = rows_of(tables[3])
+    assert by_dtype["method"][:4] == [f"{d}, 50" for d in exactness.DTYPES]
+    assert by_dtype["diffusers-DDIMInverse"][3] == "—"  # no bfloat16 run
+    assert by_dtype["ddim"][0] == format(1e-3 / 50, ".1e")
+    amps = rows_of(tables[4])
+    assert set(amps) == {"method", *ours}  # the peers have no amplification factor
+    assert amps["bdia(γ=0.5)"][0] == format(2.0**10, ".3g")
+    assert "`o-belm`: MSE ≤ 1e−6 at every step count" in text
+    assert "`bdia(γ=0.5)`: MSE > 1e−6 from 50 steps on" in text
+    assert "`ddim`: MSE > 1e−6 from 10 steps on (inexact by construction)" in text
+
+
+def _cost_data() -> cost.CostData:
+    names = ("ddim", "o-belm", "edict", "diffusers DDIM loop")
+    times = {n: [1.0 + i, 1.5 + i, 0.9 + i] for i, n in enumerate(names)}
+    return cost.CostData(
+        times=times, ratios={"ddim": 1.0, "o-belm": 1.0123, "edict": 2.04, "diffusers DDIM loop": 3.0},
+        forward_s=0.0123, rounds=3,
+        overhead={(kind, m): 1e-5 * (i + 1) * (2 if kind == "numpy" else 1) for kind in ("torch", "numpy")
+                  for i, m in enumerate(names[:3])},
+        profile="ncalls  tottime  percall  cumtime  percall filename:lineno(function)",
+        memory={"ddim": {"before_kib": 2048.0, "after_kib": 3072.0}, "o-belm": None},
+        memory_free={"ddim": {"before_kib": 0.0, "after_kib": 2 * 65536.0, "state_kib": 65536.0}},
+        tracemalloc={"ddim": 3 * 2**20, "o-belm": 2**21}, state_bytes=2**20,
+        derive={2: 0.5, 3: "> 240 s"}, coefficients={2: 2e-6, 3: "ValueError: unstable"},
+    )
+
+
+def test_cost_render_tables():
+    data = _cost_data()
+    text = cost.render(data)
+    sections = text.split("### ")
+    times = rows_of(sections[1])
+    assert set(times) - {"method"} == set(data.times)
+    assert times["o-belm"] == ["20", "2.000", "1.900", "1.012"]  # median, min, ratio at .3f
+    assert times["edict"][0] == "40"  # two model calls per step
+    assert "**o-belm / ddim = 1.012**" in text and "**edict / ddim = 2.04**" in text
+    assert "One UNet forward pass alone: 12.3 ms" in text
+    overhead = rows_of(sections[2])
+    assert overhead["method"] == ["torch [µs/step]", "NumPy [µs/step]"]
+    assert overhead["edict"] == ["30", "60"]
+    assert data.profile in sections[2]
+    unet, large, traced = (rows_of(t) for t in cost.memory_tables(data))
+    assert unet["ddim"] == ["2.0", "3.0", "1.0"]  # MiB before, after, added
+    assert unet["o-belm"] == ["—", "—", "—"]  # the child failed
+    assert large["ddim"] == ["128.0", "2.0"]  # 128 MiB added = 2 states
+    assert traced["ddim"] == ["3072.0", "3.0"] and traced["o-belm"] == ["2048.0", "2.0"]
+    assert all(t in sections[3] for t in cost.memory_tables(data))
+    derivation = rows_of(sections[4])
+    assert derivation["2"] == ["0.5", "2"] and derivation["3"] == ["> 240 s", "ValueError: unstable"]
+
+
+def _digits_data() -> digits.DigitsData:
+    rec_steps, rec_methods, inverters = (10, 50), ("ddim", "o-belm"), ("diffusers-DDIMInverse",)
+    rec = {("ddim", 10): 1e-3, ("ddim", 50): 4e-4, ("o-belm", 10): 1e-30, ("o-belm", 50): 0.0,
+           ("diffusers-DDIMInverse", 10): float("inf"), ("diffusers-DDIMInverse", 50): 2e-3}
+    dtype_rec = {("o-belm", d): 10.0 ** -(30 - 5 * i) for i, d in enumerate(digits.STATE_DTYPES)}
+    quality = {("ddim", 5): {"acc": 0.5, "conf": 0.61234, "fd": 12.3456, "sw": 0.1}, ("diffusers-DDIM", 10):
+               {"acc": 0.9, "conf": 0.9, "fd": 1.0, "sw": 0.05}}
+    img = np.zeros((2, 1, 8, 8), dtype=np.float32)
+    edit = digits.EditData(labels=np.array([3, 7]), x_src=img, x_rec=img, edits=[img], offsets=(1,), until=30, steps=50,
+                           guidance=2.0, accuracy=0.75, rec_mse=1.5e-29)
+    meta = {"config": {"steps": 1500, "batch_size": 128, "seed": 0}, "train_seconds": 150.2,
+            "final_loss_avg100": 0.0412, "n_train": 1437, "n_test": 360}
+    return digits.DigitsData(
+        checkpoint="benchmarks/.cache/digits", trained_s=None, meta=meta, classifier_acc=0.95, floor_fd=0.5,
+        floor_sw=0.02, n_rec=4, rec_steps=rec_steps, rec_methods=rec_methods, inverters=inverters, rec=rec,
+        dtype_steps=50, dtype_methods=("o-belm",), dtype_rec=dtype_rec, nfes=(5, 10), n_gen=20,
+        q_methods=("ddim",), q_peers=("diffusers-DDIM",), quality=quality,
+        samples={("ddim", 10): np.zeros((40, 1, 8, 8), dtype=np.float32)}, edit=edit)
+
+
+def test_digits_render_tables():
+    data = _digits_data()
+    text = digits.render(data)
+    sections = text.split("### ")
+    assert "(cached checkpoint)" in sections[0] and "1500 steps × batch 128" in sections[0]
+    rec = rows_of(sections[1])
+    assert set(rec) == {"method", "ddim", "o-belm", "diffusers-DDIMInverse"}
+    assert rec["ddim"] == ["1.00e-03", "4.00e-04"] and rec["diffusers-DDIMInverse"][0] == "inf"
+    assert "10 steps: 1.0e+27, 50 steps: 4.0e+296" in sections[1]  # a zero MSE is floored at 1e-300
+    dtypes = rows_of(sections[2])
+    assert dtypes["method"] == list(digits.STATE_DTYPES) and set(dtypes) == {"method", "o-belm"}
+    assert dtypes["o-belm"] == ["1.0e-30", "1.0e-25", "1.0e-20", "1.0e-15"]
+    quality = rows_of(sections[3])
+    assert quality["ddim"] == ["5", "0.500", "0.612", "12.346", "0.100"]
+    assert quality["diffusers-DDIM"][0] == "10" and len(quality) == 3  # only measured (method, NFE) cells
+    assert "partial inversion to grid index 30 of 50" in sections[4] and "guidance 2," in sections[4]
+    assert "1.50e-29" in sections[4] and "target label: 0.75" in sections[4]
+
+
+def test_figures_drawn_from_hand_made_data(tmp_path):
+    figs = accuracy.draw(_accuracy_data(), tmp_path) + digits.draw(_digits_data(), tmp_path)
+    assert len(figs) == 5
+    for png, caption in figs:
+        assert png.is_file() and png.stat().st_size > 1000 and "Produced by `benchmarks/" in caption
+
+
+def test_grid_table_and_log_clip():
+    text = report.grid_table("k", [1, 2], ("a", "b"), lambda r, c: r / 3 if c == "a" else None,
+                             lambda c: c.upper(), ".2f")
+    assert text.splitlines()[0] == "| k | A | B |"
+    assert rows_of(text)["2"] == ["0.67", "—"]
+    assert report.log_clip(0.0) == report.LOG_FLOOR and report.log_clip(float("inf")) == report.LOG_CEIL
+    assert np.isnan(report.log_clip(None)) and report.log_clip(0.5) == 0.5
+    assert report.doc_intro("Title.\n\nBody text.\n") == "Body text."
 
 
 def test_obelm_beats_ddim_and_peers_converge(problem):
