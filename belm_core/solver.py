@@ -359,8 +359,8 @@ def until_range(method: str | Method, steps: int) -> tuple[int, int]:
 
 
 def _max_abs(x: Any) -> float:
-    """max |x| as a Python float (NaN if x has NaN)."""
-    return float(abs(x).max())
+    """max |x| as a Python float (NaN if x has NaN); never part of an autograd graph."""
+    return float(abs(x.detach() if arrays.is_torch(x) else x).max())
 
 
 def _check_flag(value: Any, name: str) -> None:
