@@ -1,7 +1,11 @@
 """EDICT (Wallace et al., CVPR 2023): two coupled DDIM sequences with mixing p (MATH.md §6).
 
-With a_i = α_{i−1}/α_i and b_i = σ_{i−1} − σ_i a_i (one DDIM step in x-space), a step
-on the pair (x, y) at grid index i is
+With x_{i−1} = a_i x_i + b_i f(x_i, t_i) one DDIM step in x-space, in the grid's
+coordinates (MATH.md §11): a_i = s_{i−1}/s_i, b_i = −h_i s_{i−1}, the k = 1 row of the
+recurrence's x-space table. For ε-prediction that is a_i = α_{i−1}/α_i and
+b_i = −α_{i−1}(σ̄_i − σ̄_{i−1}) = σ_{i−1} − σ_i a_i (the paper's form); for a flow's
+velocity a_i = 1, b_i = −(σ_i − σ_{i−1}) (an Euler step). A step on the pair (x, y) at
+grid index i is
 
     x' = a_i x + b_i ε(y, t_i);   y' = a_i y + b_i ε(x', t_i)
     x_new = p x' + (1 − p) y';    y_new = p y' + (1 − p) x_new
@@ -29,13 +33,14 @@ from .. import recurrence
 from ..checks import is_bool, is_real
 from ..grid import Grid
 from .base import Carry, Evaluate, Method
+from .ddim import ddim_bar_table
 
 lc = recurrence.linear_combination
 
 
 @dataclass(frozen=True, eq=False)
 class EdictPlan:
-    """EDICT on one grid: the DDIM step a_i = α_{i−1}/α_i, b_i = σ_{i−1} − σ_i a_i (index i; [0] is NaN)."""
+    """EDICT on one grid: the DDIM step a_i = s_{i−1}/s_i, b_i = −h_i s_{i−1} (index i; [0] is NaN)."""
 
     grid: Grid
     a: tuple[float, ...]
@@ -66,9 +71,9 @@ class EDICT(Method):
         return f"edict(p={self.p!r}" + (", alternate=True)" if self.alternate else ")")
 
     def prepare(self, grid: Grid) -> EdictPlan:
-        a = grid.alpha[:-1] / grid.alpha[1:]  # a_i for i = 1 … N at position i − 1
-        b = grid.sigma[:-1] - grid.sigma[1:] * a
-        return EdictPlan(grid=grid, a=(math.nan, *a.tolist()), b=(math.nan, *b.tolist()))
+        ddim = recurrence.x_space_table(*ddim_bar_table(grid), grid)  # c_{i,1} = a_i, d_{i,1} = b_i
+        a, b = ddim.c[:, 0], ddim.d[:, 0]
+        return EdictPlan(grid=grid, a=(math.nan, *a[1:].tolist()), b=(math.nan, *b[1:].tolist()))
 
     def start(self, plan, x, index):
         return Carry(index=index, xs=(x, x))
