@@ -33,7 +33,6 @@ from .. import recurrence
 from ..checks import is_bool, is_real
 from ..grid import Grid
 from .base import Carry, Evaluate, Method
-from .ddim import ddim_bar_table
 
 lc = recurrence.linear_combination
 
@@ -71,9 +70,12 @@ class EDICT(Method):
         return f"edict(p={self.p!r}" + (", alternate=True)" if self.alternate else ")")
 
     def prepare(self, grid: Grid) -> EdictPlan:
-        ddim = recurrence.x_space_table(*ddim_bar_table(grid), grid)  # c_{i,1} = a_i, d_{i,1} = b_i
-        a, b = ddim.c[:, 0], ddim.d[:, 0]
-        return EdictPlan(grid=grid, a=(math.nan, *a[1:].tolist()), b=(math.nan, *b[1:].tolist()))
+        s, tau = grid.scale, grid.tau
+        a = s[:-1] / s[1:]  # a_i = s_{i−1}/s_i for i = 1 … N at position i − 1
+        # b_i = −h_i s_{i−1}, written as s_{i−1}τ_{i−1} − a_i s_i τ_i: for ε-prediction (sτ = σ) this is the
+        # paper's σ_{i−1} − σ_i a_i with its rounding; it equals the DDIM row d_{i,1} of the recurrence's table
+        b = s[:-1] * tau[:-1] - (s[1:] * tau[1:]) * a
+        return EdictPlan(grid=grid, a=(math.nan, *a.tolist()), b=(math.nan, *b.tolist()))
 
     def start(self, plan, x, index):
         return Carry(index=index, xs=(x, x))
