@@ -7,12 +7,17 @@ inverse, sympy-derived coefficients with a stability verdict, and the driver
     latent = solver.invert(eps_fn, x0)
     x0_rec = solver.sample(eps_fn, latent)
 
+Flow models (SD3, Flux) predict a velocity and run in their own coordinates (x, σ):
+
+    solver = Solver(FlowMatch(shift=3.0), steps=28, method="o-belm", prediction="velocity")
+    latent = solver.invert(v_fn, x0)
+
 Importing belm_core imports neither torch nor sympy (sympy loads on first `derive`).
 """
 
 from .grid import Grid, make_grid
 from .methods import BDIA, BELM, DDIM, EDICT, METHODS, OBELM, LinearMultistep, Method, get_method
-from .schedules import VE, CosineVP, DiscreteVP, EDM, LinearVP, NoiseSchedule
+from .schedules import VE, CosineVP, DiscreteVP, EDM, FlowMatch, LinearVP, NoiseSchedule
 from .solver import AmplificationWarning, Latent, LatentMetadataWarning, PrecisionWarning, Solver
 
 __version__ = "0.1.0"
@@ -30,7 +35,7 @@ def derive(k: int, *, fix=None):
 
 __all__ = [
     "Solver", "Latent", "LatentMetadataWarning", "AmplificationWarning", "PrecisionWarning",
-    "NoiseSchedule", "DiscreteVP", "LinearVP", "CosineVP", "VE", "EDM",
+    "NoiseSchedule", "DiscreteVP", "LinearVP", "CosineVP", "VE", "EDM", "FlowMatch",
     "Grid", "make_grid",
     "Method", "LinearMultistep", "DDIM", "BDIA", "EDICT", "OBELM", "BELM", "METHODS", "get_method",
     "derive",

@@ -1,6 +1,13 @@
-"""The general k-step linear recurrence and its exact inverse (MATH.md §3).
+"""The general k-step linear recurrence and its exact inverse (MATH.md §3, §11).
 
-In bar form (x̄ = x/α, h_i = σ̄_i − σ̄_{i−1}), one step of a k-step method is
+The recurrence runs in the grid's coordinates (MATH.md §11): the state is x = s·y and
+dy/dτ = f(x, t) is the model's output, with h_i = τ_i − τ_{i−1}. For ε-prediction
+y = x̄ = x/α, τ = σ̄, f = ε (the bar form of MATH.md §1); for a flow's velocity y = x,
+τ = σ, f = v. One step of a k-step method is
+
+    y_{i−1} = Σ_{j=1..k} a_{i,j} y_{i−1+j} + Σ_{j=1..k} b_{i,j} h_{i−1+j} f(x_{i−1+j}, t_{i−1+j}),
+
+written below in the bar notation of the paper (x̄ for y, ε for f):
 
     x̄_{i−1} = Σ_{j=1..k} a_{i,j} x̄_{i−1+j} + Σ_{j=1..k} b_{i,j} h_{i−1+j} ε(x_{i−1+j}, t_{i−1+j}).
 
@@ -12,11 +19,14 @@ relation solved for the far end is the exact inverse step
 DDIM is the k = 1 member with a = (1,), b = (−1,): b_{i,k} ≠ 0, so it has no exact
 inverse.
 
-The state is stored in x-space. Multiplying the relation by α_{i−1} gives the x-space
-coefficients used here, evaluated once per grid in float64:
+The coefficients a, b depend on the steps h only, so the same tables serve every
+coordinate system. The state is stored in x-space. Multiplying the relation by s_{i−1}
+gives the x-space coefficients used here, evaluated once per grid in float64:
 
-    c_{i,j} = a_{i,j} α_{i−1} / α_{i−1+j},      d_{i,j} = b_{i,j} h_{i−1+j} α_{i−1},
-    x_{i−1} = Σ_j c_{i,j} x_{i−1+j} + Σ_j d_{i,j} ε_{i−1+j}.
+    c_{i,j} = a_{i,j} s_{i−1} / s_{i−1+j},      d_{i,j} = b_{i,j} h_{i−1+j} s_{i−1},
+    x_{i−1} = Σ_j c_{i,j} x_{i−1+j} + Σ_j d_{i,j} f_{i−1+j}
+
+(s = α for ε-prediction: the paper's eq. 18; s = 1 for a flow: c = a, d = b·h).
 
 `step` and `inverse_step` act on arrays only through `+` and multiplication by Python
 floats, so they run unchanged on NumPy arrays and torch tensors on any device.
@@ -68,7 +78,8 @@ class Table:
 
 
 def x_space_table(a: np.ndarray, b: np.ndarray, grid: Grid) -> Table:
-    """Carry bar-space coefficients a, b (shape (N+1, k), row i) to x-space on `grid`."""
+    """Carry coefficients a, b in the grid's coordinates (shape (N+1, k), row i) to x-space:
+    c_{i,j} = a_{i,j} s_{i−1}/s_{i−1+j}, d_{i,j} = b_{i,j} h_{i−1+j} s_{i−1} (s = `grid.scale`)."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     n1, k = a.shape
@@ -80,9 +91,9 @@ def x_space_table(a: np.ndarray, b: np.ndarray, grid: Grid) -> Table:
     if rows.size:
         j = np.arange(1, k + 1)
         far = rows[:, None] - 1 + j[None, :]  # grid index i − 1 + j
-        alpha_near = grid.alpha[rows - 1][:, None]
-        c[rows] = a[rows] * alpha_near / grid.alpha[far]
-        d[rows] = b[rows] * grid.h[far] * alpha_near
+        scale_near = grid.scale[rows - 1][:, None]
+        c[rows] = a[rows] * scale_near / grid.scale[far]
+        d[rows] = b[rows] * grid.h[far] * scale_near
     return Table(k=k, c=c, d=d)
 
 

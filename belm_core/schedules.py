@@ -25,11 +25,18 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["Spacing", "NoiseSchedule", "DiscreteVP", "ContinuousVP", "LinearVP", "CosineVP", "VE", "EDM"]
+__all__ = [
+    "Spacing", "Prediction", "NoiseSchedule", "DiscreteVP", "ContinuousVP", "LinearVP", "CosineVP", "VE", "EDM",
+    "FlowMatch",
+]
 
 #: grid layouts: "leading", "trailing", "linspace" as in diffusers' DDIMScheduler (discrete
 #: schedules); "linspace" (uniform t), "logsnr" and "karras" for continuous ones
 Spacing = Literal["leading", "trailing", "linspace", "logsnr", "karras"]
+
+#: what the model function returns, which fixes the coordinates the recurrence runs in
+#: (MATH.md §11): "epsilon" → y = x/α, τ = σ̄, f = ε; "velocity" (flows) → y = x, τ = σ, f = v
+Prediction = Literal["epsilon", "velocity"]
 
 
 class NoiseSchedule(ABC):
@@ -44,6 +51,10 @@ class NoiseSchedule(ABC):
     spacings: tuple[str, ...] = ()
     #: the spacing a Solver uses when none is given
     default_spacing: str = "linspace"
+
+    #: model outputs a Solver accepts for this schedule (`prediction=`), and its default
+    predictions: tuple[str, ...] = ("epsilon",)
+    default_prediction: str = "epsilon"
 
     t_min: float
     t_max: float
@@ -73,6 +84,26 @@ class NoiseSchedule(ABC):
     def log_snr(self, t) -> np.ndarray:
         """λ(t) = −log σ̄(t)."""
         return -np.log(self.sigma_bar(t))
+
+    # -- coordinates of the recurrence (MATH.md §11) ---------------------------------
+    def coordinates(self, t, prediction: Prediction) -> tuple[np.ndarray, np.ndarray]:
+        """(s, τ) at model times t: the state is x = s·y and dy/dτ = f(x, t), the model's output.
+
+        "epsilon": s = α, τ = σ̄ (the bar form of MATH.md §1, dx̄/dσ̄ = ε). Subclasses
+        with other native outputs (`FlowMatch`: "velocity") extend this. The clean state
+        (α = 1, σ = 0) has s = 1, τ = 0 in every coordinate system offered here.
+        """
+        self.check_prediction(prediction)
+        t = np.asarray(t, dtype=np.float64)
+        return self.alpha(t), self.sigma_bar(t)
+
+    def check_prediction(self, prediction: Prediction) -> None:
+        """Raise ValueError unless this schedule offers `prediction`."""
+        if prediction not in self.predictions:
+            raise ValueError(
+                f"prediction={prediction!r} is not available for {type(self).__name__}; "
+                f"choose one of {list(self.predictions)}"
+            )
 
     # -- grids ---------------------------------------------------------------------
     def timesteps(self, steps: int, spacing: Spacing | None = None) -> np.ndarray:
@@ -395,3 +426,184 @@ class VE(NoiseSchedule):
 
 #: EDM's schedule is the VE one with σ as model time.
 EDM = VE
+
+
+# ---------------------------------------------------------------------------------
+# Flow matching / rectified flow (SD3, Flux)
+# ---------------------------------------------------------------------------------
+class FlowMatch(NoiseSchedule):
+    """Rectified flow: x_σ = (1 − σ) x_0 + σ n, i.e. α = 1 − σ and σ = σ, σ ∈ [0, 1].
+
+    The model time is t = T·σ (T = `num_train_timesteps`, 1000): the `timesteps` SD3 and
+    Flux pipelines pass to their transformers. σ = 1 (t = T) is pure noise, where α = 0
+    and σ̄ = σ/α = ∞, so ε carries no information about x_0. A flow model predicts the
+    velocity v = n − x_0 = dx/dσ, and the solver runs the recurrence in the flow's own
+    coordinates y = x, τ = σ, f = v (MATH.md §11): the step from σ = 1 is regular and the
+    inverse reaches σ = 1 exactly. `prediction="epsilon"` (y = x/α, τ = σ̄) is offered for
+    grids that stay below σ = 1.
+
+    Grids equal diffusers' `FlowMatchEulerDiscreteScheduler.set_timesteps` bit for bit
+    (float32 model times), see :meth:`timesteps`. Options, as in that scheduler's config:
+
+    Args:
+        shift: σ ↦ shift·σ / (1 + (shift − 1)σ) (SD3: 3.0). As in diffusers, the
+            scheduler's σ_min is itself shifted at construction and the grid is
+            linspace(σ_max·T, σ_min·T, N)/T shifted again, so the last σ is shifted twice.
+        num_train_timesteps: T.
+        use_dynamic_shifting: Flux's resolution-dependent shift; then `timesteps` needs
+            `mu` (see :meth:`mu_for`) and `shift` is unused.
+        base_shift, max_shift, base_image_seq_len, max_image_seq_len: the line that
+            :meth:`mu_for` reads mu from (Flux's `calculate_shift`).
+        time_shift_type: "exponential" σ ↦ e^μ/(e^μ + (1/σ − 1)) or "linear" σ ↦ μ/(μ + (1/σ − 1)).
+    """
+
+    spacings = ("linspace",)
+    default_spacing = "linspace"
+    predictions = ("velocity", "epsilon")
+    default_prediction = "velocity"
+
+    def __init__(
+        self,
+        shift: float = 1.0,
+        num_train_timesteps: int = 1000,
+        *,
+        use_dynamic_shifting: bool = False,
+        base_shift: float = 0.5,
+        max_shift: float = 1.15,
+        base_image_seq_len: int = 256,
+        max_image_seq_len: int = 4096,
+        time_shift_type: Literal["exponential", "linear"] = "exponential",
+    ):
+        if isinstance(shift, bool) or not isinstance(shift, (int, float, np.floating, np.integer)) or not (
+            math.isfinite(shift) and shift > 0
+        ):
+            raise ValueError(f"shift={shift!r} must be a finite number > 0 (SD3 uses 3.0; 1.0 is no shift)")
+        if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, (int, np.integer)) or (
+            num_train_timesteps < 2
+        ):
+            raise ValueError(f"num_train_timesteps={num_train_timesteps!r} must be an integer ≥ 2")
+        if not isinstance(use_dynamic_shifting, (bool, np.bool_)):
+            raise TypeError(f"use_dynamic_shifting={use_dynamic_shifting!r} must be a bool")
+        if time_shift_type not in ("exponential", "linear"):
+            raise ValueError(f"time_shift_type={time_shift_type!r} must be 'exponential' or 'linear'")
+        if base_image_seq_len == max_image_seq_len:
+            raise ValueError(
+                f"base_image_seq_len and max_image_seq_len must differ (both {base_image_seq_len}): mu_for "
+                "interpolates between them"
+            )
+        self.shift = float(shift)
+        self.num_train_timesteps = int(num_train_timesteps)
+        self.use_dynamic_shifting = bool(use_dynamic_shifting)
+        self.base_shift, self.max_shift = float(base_shift), float(max_shift)
+        self.base_image_seq_len, self.max_image_seq_len = int(base_image_seq_len), int(max_image_seq_len)
+        self.time_shift_type = time_shift_type
+        self.t_min, self.t_max = 0.0, float(self.num_train_timesteps)
+        # the scheduler's own σ range (diffusers __init__: float32, shifted unless dynamic)
+        T = self.num_train_timesteps
+        sig = np.linspace(1, T, T, dtype=np.float32)[::-1] / np.float32(T)
+        if not self.use_dynamic_shifting:
+            sig = self._shift(sig)
+        self.sigma_max, self.sigma_min = float(sig[0]), float(sig[-1])
+
+    # primitive: α = 1 − σ, σ = t/T (closed forms, not through log α) ---------------------
+    def log_alpha(self, t) -> np.ndarray:
+        """log(1 − t/T); −∞ at t = T."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.alpha(t))
+
+    def alpha(self, t) -> np.ndarray:
+        """α = 1 − σ = 1 − t/T."""
+        return 1.0 - self.sigma(t)
+
+    def sigma(self, t) -> np.ndarray:
+        """σ = t/T."""
+        return np.asarray(t, dtype=np.float64) / self.num_train_timesteps
+
+    def sigma_bar(self, t) -> np.ndarray:
+        """σ̄ = σ/(1 − σ); +∞ at t = T."""
+        s = self.sigma(t)
+        with np.errstate(divide="ignore"):
+            return s / (1.0 - s)
+
+    def t_from_sigma_bar(self, sigma_bar) -> np.ndarray:
+        """t = T·σ̄/(1 + σ̄)."""
+        sb = np.asarray(sigma_bar, dtype=np.float64)
+        return self.num_train_timesteps * np.where(np.isinf(sb), 1.0, sb / (1.0 + sb))
+
+    def coordinates(self, t, prediction: Prediction) -> tuple[np.ndarray, np.ndarray]:
+        """"velocity": s = 1, τ = σ (dx/dσ = v, regular at σ = 1); "epsilon": s = α, τ = σ̄."""
+        self.check_prediction(prediction)
+        if prediction == "velocity":
+            sigma = self.sigma(t)
+            return np.ones_like(sigma), sigma
+        return super().coordinates(t, prediction)
+
+    # grids (identical to diffusers' FlowMatchEulerDiscreteScheduler.set_timesteps) -------------
+    def mu_for(self, image_seq_len: int) -> float:
+        """Flux's mu for an image of `image_seq_len` latent tokens: the line through
+        (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift)."""
+        if isinstance(image_seq_len, bool) or not isinstance(image_seq_len, (int, np.integer)) or image_seq_len < 1:
+            raise ValueError(f"image_seq_len={image_seq_len!r} must be a positive integer (packed latent tokens)")
+        m = (self.max_shift - self.base_shift) / (self.max_image_seq_len - self.base_image_seq_len)
+        b = self.base_shift - m * self.base_image_seq_len
+        return image_seq_len * m + b
+
+    def timesteps(
+        self, steps: int | None = None, spacing: Spacing | None = None, *, mu: float | None = None, sigmas=None,
+    ) -> np.ndarray:
+        """Model times t = T·σ, noisiest first, as diffusers' `set_timesteps(steps, sigmas=, mu=)` makes them.
+
+        Default: σ_j = linspace(σ_max·T, σ_min·T, steps)/T, then shifted: by `shift`
+        (σ ↦ shift·σ/(1 + (shift − 1)σ)) or, with `use_dynamic_shifting`, by `mu`
+        (σ ↦ e^μ/(e^μ + 1/σ − 1)). `sigmas=` replaces the linspace (Flux passes
+        linspace(1, 1/N, N)); they are rounded to float32 and shifted the same way. The
+        model times are float32(float32(σ)·T), returned as float64. The clean end state
+        (σ = 0) is not included: the solver appends it.
+        """
+        spacing = self.default_spacing if spacing is None else spacing
+        if spacing not in self.spacings:
+            raise ValueError(f"spacing={spacing!r} is not available for FlowMatch; choose one of {list(self.spacings)}")
+        if self.use_dynamic_shifting and mu is None:
+            raise ValueError(
+                "mu is required: this FlowMatch has use_dynamic_shifting=True (Flux); pass "
+                "timesteps(steps, mu=schedule.mu_for(image_seq_len)) and give the result to Solver(timesteps=...)"
+            )
+        if not self.use_dynamic_shifting and mu is not None:
+            raise ValueError(f"mu={mu!r} is only used with use_dynamic_shifting=True; this FlowMatch shifts by shift={self.shift}")
+        if mu is not None and not (isinstance(mu, (int, float, np.floating, np.integer)) and math.isfinite(mu)):
+            raise ValueError(f"mu={mu!r} must be a finite real number")
+        if sigmas is not None:
+            sig = np.asarray(sigmas)
+            if sig.ndim != 1 or sig.size < 1 or not np.issubdtype(sig.dtype, np.number):
+                raise ValueError(f"sigmas must be a non-empty 1-D array of numbers, got shape {sig.shape}")
+            if steps is not None and steps != sig.size:
+                raise ValueError(f"steps={steps!r} differs from len(sigmas)={sig.size}; give one of them")
+            sig = sig.astype(np.float32)
+            if not (np.all(np.isfinite(sig)) and np.all(sig > 0) and np.all(sig <= 1)):
+                raise ValueError(f"sigmas must lie in (0, 1] (σ = 1 is pure noise, 0 the clean end the solver appends); "
+                                 f"got range [{sig.min()}, {sig.max()}]")
+        else:
+            if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+                raise ValueError(f"steps={steps!r} must be a positive integer")
+            T = self.num_train_timesteps
+            sig = np.linspace(self.sigma_max * T, self.sigma_min * T, int(steps)) / T
+        sig = self._time_shift(float(mu), sig) if self.use_dynamic_shifting else self._shift(sig)
+        sig32 = np.asarray(sig).astype(np.float32)
+        return (sig32 * np.float32(self.num_train_timesteps)).astype(np.float64)
+
+    def _grid(self, steps: int, spacing: str) -> np.ndarray:
+        return self.timesteps(steps, spacing)
+
+    def _shift(self, sigma: np.ndarray) -> np.ndarray:
+        """shift·σ/(1 + (shift − 1)σ), in σ's own dtype (float32 stays float32, as in diffusers)."""
+        return self.shift * sigma / (1 + (self.shift - 1) * sigma)
+
+    def _time_shift(self, mu: float, sigma: np.ndarray) -> np.ndarray:
+        """e^μ/(e^μ + (1/σ − 1)) ("exponential") or μ/(μ + (1/σ − 1)) ("linear"), in σ's dtype."""
+        m = math.exp(mu) if self.time_shift_type == "exponential" else mu
+        return m / (m + (1 / sigma - 1) ** 1.0)
+
+    def _repr_args(self) -> str:
+        if self.use_dynamic_shifting:
+            return f"use_dynamic_shifting=True, time_shift_type={self.time_shift_type!r}"
+        return f"shift={self.shift}"

@@ -8,7 +8,15 @@ callback); a method owns one step and its inverse (`belm_core.methods`).
     x0_rec = solver.sample(eps_fn, latent)    # == x0 up to rounding
 
 `eps_fn(x, t)` receives the state (in `state_dtype`, float64 by default) and the
-schedule's model time as a Python number, and returns ε with x's shape. Exactness
+schedule's model time as a Python number, and returns the model's output with x's
+shape: ε for `prediction="epsilon"` (the default for VP/VE schedules), the velocity
+v = dx/dσ = n − x_0 for `prediction="velocity"` (flows, `FlowMatch`'s default):
+
+    solver = Solver(FlowMatch(shift=3.0), steps=28, method="o-belm", prediction="velocity")
+    latent = solver.invert(v_fn, x0)          # exact all the way to σ = 1 (pure noise)
+    x0_rec = solver.sample(v_fn, latent)
+
+The prediction fixes the coordinates the recurrence runs in (MATH.md §11). Exactness
 needs `eps_fn` to be deterministic: the same input must give the same output.
 
 What `eps_fn` and a callback do to their arguments cannot reach the solver: `eps_fn`
@@ -43,7 +51,7 @@ from .checks import is_bool, is_index, is_real
 from .grid import End, Grid, make_grid
 from .latent import Latent, LatentMetadataWarning, check_for as check_latent
 from .methods import Carry, Method, get_method
-from .schedules import NoiseSchedule, Spacing
+from .schedules import NoiseSchedule, Prediction, Spacing
 
 __all__ = [
     "Solver", "Latent", "LatentMetadataWarning", "AmplificationWarning", "PrecisionWarning", "EpsFn", "until_range",
@@ -83,6 +91,14 @@ class Solver:
             the schedule's smallest model time (for `DiscreteVP` ᾱ_0, diffusers'
             `set_alpha_to_one=False`). If the last model time already is t_min, that
             zero-length final step is dropped (see `belm_core.grid.make_grid`).
+        prediction: what the model function returns: "epsilon" (ε; coordinates
+            y = x/α, τ = σ̄) or "velocity" (a flow's v = dx/dσ; y = x, τ = σ), one of
+            `schedule.predictions`; None takes `schedule.default_prediction` ("epsilon"
+            for VP/VE, "velocity" for `FlowMatch`). ε on a grid that starts at pure
+            noise (α = 0) is refused with a ValueError.
+
+    Flow grids with diffusers' options: `Solver(FlowMatch(shift=3.0), steps=28)`, or
+    `Solver(schedule, timesteps=schedule.timesteps(28, mu=..., sigmas=...))`.
     """
 
     def __init__(
@@ -98,6 +114,7 @@ class Solver:
         check_finite: bool = True,
         amplification_tol: float = 1e-6,
         end: End = "clean",
+        prediction: Prediction | None = None,
     ):
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a belm_core NoiseSchedule, got {type(schedule).__name__}")
@@ -118,7 +135,7 @@ class Solver:
             raise TypeError(f"amplification_tol={amplification_tol!r} must be a real number (a relative error, e.g. 1e-6)")
         if not (np.isfinite(amplification_tol) and amplification_tol > 0):
             raise ValueError(f"amplification_tol={amplification_tol!r} must be a finite number > 0 (e.g. 1e-6)")
-        self.grid: Grid = make_grid(schedule, timesteps, end=end)
+        self.grid: Grid = make_grid(schedule, timesteps, end=end, prediction=prediction)
         if self.grid.N < self.method.min_steps:
             dropped = " (end='t_min' dropped the zero-length last step)" if self.grid.N < len(timesteps) else ""
             raise ValueError(
@@ -154,6 +171,11 @@ class Solver:
         return self.grid.N
 
     @property
+    def prediction(self) -> str:
+        """What the model function returns: "epsilon" or "velocity" (fixes the coordinates, MATH.md §11)."""
+        return self.grid.prediction
+
+    @property
     def until_range(self) -> tuple[int, int]:
         """(low, N): the grid indices `invert(until=K)` accepts, low ≤ K ≤ N.
 
@@ -176,9 +198,10 @@ class Solver:
         return self.method.amplification(self._plan, self.grid.N if until is None else until)
 
     def __repr__(self) -> str:
+        extra = "" if self.prediction == "epsilon" else f", prediction={self.prediction!r}"
         return (
             f"Solver({self.schedule!r}, steps={self.steps}, method={self.method.signature()!r}, "
-            f"state_dtype={self.state_dtype!r})"
+            f"state_dtype={self.state_dtype!r}{extra})"
         )
 
     # -- the two directions ----------------------------------------------------------------
@@ -244,7 +267,8 @@ class Solver:
     # -- the loop ---------------------------------------------------------------------------
     def _run(self, direction: str, eps_fn: EpsFn, carry: Carry, target: int, progress: bool, callback) -> Carry:
         if not callable(eps_fn):
-            raise TypeError(f"eps_fn must be callable as eps_fn(x, t), got {type(eps_fn).__name__}")
+            name = _fn_name(self.prediction)
+            raise TypeError(f"{name} must be callable as {name}(x, t), got {type(eps_fn).__name__}")
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable as callback(info), got {type(callback).__name__}")
         total = abs(self.method.head(carry, direction)[0] - target)
@@ -358,6 +382,11 @@ def until_range(method: str | Method, steps: int) -> tuple[int, int]:
     return max(1, get_method(method).k - 1), int(steps)
 
 
+def _fn_name(prediction: str) -> str:
+    """How messages name the model function: eps_fn for ε, v_fn for a velocity."""
+    return "v_fn" if prediction == "velocity" else "eps_fn"
+
+
 def _max_abs(x: Any) -> float:
     """max |x| as a Python float (NaN if x has NaN); never part of an autograd graph."""
     return float(abs(x.detach() if arrays.is_torch(x) else x).max())
@@ -379,6 +408,7 @@ class _Evaluator:
 
     def __init__(self, solver: Solver, eps_fn: EpsFn, direction: str, scale: float):
         self.solver, self.eps_fn, self.direction = solver, eps_fn, direction
+        self.name = _fn_name(solver.prediction)
         self.scale = scale  # max |x| of the starting state (read only when ε is non-finite)
         self.step = 0
         self._borrowed = None
@@ -393,19 +423,19 @@ class _Evaluator:
         where = f"{self.direction} step {self.step}"
         if arrays.is_torch(raw) != arrays.is_torch(x) or not hasattr(raw, "shape"):
             raise TypeError(
-                f"eps_fn returned {type(raw).__name__} at {where} (t={t}); expected the same array type as x "
+                f"{self.name} returned {type(raw).__name__} at {where} (t={t}); expected the same array type as x "
                 f"({type(x).__name__})"
             )
         if tuple(raw.shape) != tuple(x.shape):
             raise ValueError(
-                f"eps_fn returned shape {tuple(raw.shape)} at {where} (t={t}); expected x's shape {tuple(x.shape)}"
+                f"{self.name} returned shape {tuple(raw.shape)} at {where} (t={t}); expected x's shape {tuple(x.shape)}"
             )
         dtype = solver.state_dtype if solver.state_dtype is not None else arrays.dtype_name(x)
         eps = arrays.to_state(raw, dtype, "eps")
         if solver.check_finite and not arrays.all_finite(eps):
             if not arrays.all_finite(x) or _max_abs(x) > 1e6 * self.scale:
                 raise ValueError(solver._blow_up_message(self.direction, self.step, index, self.scale, _max_abs(x)))
-            raise ValueError(f"eps_fn returned non-finite values (NaN or inf) at {where} (t={t}) for a finite input")
+            raise ValueError(f"{self.name} returned non-finite values (NaN or inf) at {where} (t={t}) for a finite input")
         # remember the buffer by id only: holding it would keep it alive and raise the peak
         self._borrowed = id(eps) if (eps is raw and not returned_input) else None
         return eps

@@ -6,8 +6,9 @@ hidden is mutated (diffrax's init/step style). What a method precomputes for one
 is a small frozen *plan*: `MultistepPlan` (grid + x-space tables by k) for the linear
 multistep family, `EdictPlan` (grid + a_i, b_i) for EDICT.
 
-Linear multistep methods (DDIM, BDIA, O-BELM, BELM-k) only provide bar-space
-coefficient tables `a, b` (MATH.md §3); `LinearMultistep` turns them into x-space
+Linear multistep methods (DDIM, BDIA, O-BELM, BELM-k) only provide coefficient tables
+`a, b` in the grid's coordinates (bar space for ε-prediction, (x, σ) for a flow's
+velocity; MATH.md §3, §11); `LinearMultistep` turns them into x-space
 tables once per grid and runs the recurrence and its exact inverse from
 `belm_core.recurrence`, with the start-up of MATH.md §3 (`methods.startup`): a lone
 x_N is advanced by DDIM, then by lower-k BELM steps until k states exist; inversion
@@ -153,7 +154,8 @@ class LinearMultistep(Method):
 
     @abstractmethod
     def bar_table(self, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-        """(a, b), each of shape (N+1, k): a[i, j−1] = a_{i,j}, b[i, j−1] = b_{i,j} (NaN where undefined)."""
+        """(a, b), each of shape (N+1, k): a[i, j−1] = a_{i,j}, b[i, j−1] = b_{i,j} (NaN where undefined),
+        in the grid's coordinates y = x/s, τ (functions of h = Δτ and, for BDIA, of s)."""
 
     def ladder(self) -> list[LinearMultistep]:
         """Methods with 1, 2, …, k states: the start-up steps, then this method."""

@@ -1,13 +1,16 @@
 """BDIA (Zhang et al., ECCV 2024) as a 2-step member of the BELM family (paper eq. 24).
 
-In bar form, with γ' = γ α_{i+1}/α_{i−1} (MATH.md §6):
+In the grid's coordinates y = x/s, τ, f (MATH.md §6, §11), with γ' = γ s_{i+1}/s_{i−1}:
 
-    x̄_{i−1} = γ' x̄_{i+1} + (1 − γ') x̄_i − (h_i + γ' h_{i+1}) ε(x_i, t_i)
+    y_{i−1} = γ' y_{i+1} + (1 − γ') y_i − (h_i + γ' h_{i+1}) f(x_i, t_i)
 
-i.e. a_{i,1} = 1 − γ', a_{i,2} = γ', b_{i,1} = −(h_i + γ' h_{i+1})/h_i. In x-space the
-coefficient of x_{i+1} is γ itself, so the inverse divides by γ every step: the
-round-off amplification is γ^{−N}. γ = 0 is DDIM; any γ ≠ 0 is exactly invertible.
-First order.
+i.e. a_{i,1} = 1 − γ', a_{i,2} = γ', b_{i,1} = −(h_i + γ' h_{i+1})/h_i. For ε-prediction
+s = α, so γ' = γ α_{i+1}/α_{i−1} and this is the paper's bar form; for a flow's velocity
+s = 1, so γ' = γ: x_{i−1} = γ x_{i+1} + (1 − γ) x_i − (h_i + γ h_{i+1}) v(x_i, t_i), i.e.
+γ times the step back to x_{i+1} undone, plus the Euler step (γ = 1: the leapfrog rule
+on uneven steps). Either way the x-space coefficient of x_{i+1} is γ itself, so the
+inverse divides by γ every step: the round-off amplification is γ^{−N}. γ = 0 is DDIM;
+any γ ≠ 0 is exactly invertible. First order.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class BDIA(LinearMultistep):
     def bar_table(self, grid: Grid):
         a, b = nan_tables(grid, 2)
         if grid.N >= 2:
-            g = self.gamma * grid.alpha[2:] / grid.alpha[:-2]  # γ' for rows i = 1 … N−1
+            g = self.gamma * grid.scale[2:] / grid.scale[:-2]  # γ' = γ s_{i+1}/s_{i−1}, rows i = 1 … N−1
             h_i, h_ip1 = grid.h[1:-1], grid.h[2:]
             a[1:-1, 0] = 1.0 - g
             a[1:-1, 1] = g

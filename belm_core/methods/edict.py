@@ -1,7 +1,11 @@
 """EDICT (Wallace et al., CVPR 2023): two coupled DDIM sequences with mixing p (MATH.md §6).
 
-With a_i = α_{i−1}/α_i and b_i = σ_{i−1} − σ_i a_i (one DDIM step in x-space), a step
-on the pair (x, y) at grid index i is
+With x_{i−1} = a_i x_i + b_i f(x_i, t_i) one DDIM step in x-space, in the grid's
+coordinates (MATH.md §11): a_i = s_{i−1}/s_i, b_i = −h_i s_{i−1}, the k = 1 row of the
+recurrence's x-space table. For ε-prediction that is a_i = α_{i−1}/α_i and
+b_i = −α_{i−1}(σ̄_i − σ̄_{i−1}) = σ_{i−1} − σ_i a_i (the paper's form); for a flow's
+velocity a_i = 1, b_i = −(σ_i − σ_{i−1}) (an Euler step). A step on the pair (x, y) at
+grid index i is
 
     x' = a_i x + b_i ε(y, t_i);   y' = a_i y + b_i ε(x', t_i)
     x_new = p x' + (1 − p) y';    y_new = p y' + (1 − p) x_new
@@ -35,7 +39,7 @@ lc = recurrence.linear_combination
 
 @dataclass(frozen=True, eq=False)
 class EdictPlan:
-    """EDICT on one grid: the DDIM step a_i = α_{i−1}/α_i, b_i = σ_{i−1} − σ_i a_i (index i; [0] is NaN)."""
+    """EDICT on one grid: the DDIM step a_i = s_{i−1}/s_i, b_i = −h_i s_{i−1} (index i; [0] is NaN)."""
 
     grid: Grid
     a: tuple[float, ...]
@@ -66,8 +70,11 @@ class EDICT(Method):
         return f"edict(p={self.p!r}" + (", alternate=True)" if self.alternate else ")")
 
     def prepare(self, grid: Grid) -> EdictPlan:
-        a = grid.alpha[:-1] / grid.alpha[1:]  # a_i for i = 1 … N at position i − 1
-        b = grid.sigma[:-1] - grid.sigma[1:] * a
+        s, tau = grid.scale, grid.tau
+        a = s[:-1] / s[1:]  # a_i = s_{i−1}/s_i for i = 1 … N at position i − 1
+        # b_i = −h_i s_{i−1}, written as s_{i−1}τ_{i−1} − a_i s_i τ_i: for ε-prediction (sτ = σ) this is the
+        # paper's σ_{i−1} − σ_i a_i with its rounding; it equals the DDIM row d_{i,1} of the recurrence's table
+        b = s[:-1] * tau[:-1] - (s[1:] * tau[1:]) * a
         return EdictPlan(grid=grid, a=(math.nan, *a.tolist()), b=(math.nan, *b.tolist()))
 
     def start(self, plan, x, index):
