@@ -1,7 +1,8 @@
-"""Diffusers backend: a UNet (pixel DDPM/DDIM or Stable Diffusion) as `eps_fn(x, t)`.
+"""Diffusers backend: a UNet (pixel DDPM/DDIM, Stable Diffusion, SDXL) as `eps_fn(x, t)`.
 
 `UNetEps` wraps a diffusers `UNet2DModel` or `UNet2DConditionModel` into the ε-prediction
-function `belm_core` solvers call. The model output is converted to ε with α_t, σ_t of
+function `belm_core` solvers call; its conditioning is any set of UNet keyword tensors
+(prompt embeddings, class labels, SDXL's `added_cond_kwargs`). The model output is converted to ε with α_t, σ_t of
 the schedule (float64):
 
     "epsilon":       ε = ε_θ(x_t, t)
