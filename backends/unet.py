@@ -1,7 +1,8 @@
-"""Diffusers backend: a UNet (pixel DDPM/DDIM or Stable Diffusion) as `eps_fn(x, t)`.
+"""Diffusers backend: a UNet (pixel DDPM/DDIM, Stable Diffusion, SDXL) as `eps_fn(x, t)`.
 
 `UNetEps` wraps a diffusers `UNet2DModel` or `UNet2DConditionModel` into the ε-prediction
-function `belm_core` solvers call. The model output is converted to ε with α_t, σ_t of
+function `belm_core` solvers call; its conditioning is any set of UNet keyword tensors
+(prompt embeddings, class labels, SDXL's `added_cond_kwargs`). The model output is converted to ε with α_t, σ_t of
 the schedule (float64):
 
     "epsilon":       ε = ε_θ(x_t, t)
@@ -22,17 +23,17 @@ whose rounding differs, measured here as a 1e-17 → 7e-11 loss of exactness) an
 the same batch layout; on CUDA, cuDNN autotuning (`torch.backends.cudnn.benchmark`) can pick a
 different convolution kernel between calls and should stay off (its default).
 
-`load_pipeline(path_or_id)` loads a diffusers pipeline folder component by component
-and returns a `Pipeline` with the schedule, ε-functions for prompts, and VAE encode/decode.
+`load_pipeline(path_or_id)` is `DiffusionPipeline.from_pretrained` with clear errors; what
+belm needs of the loaded pipeline (its prompt encoding, VAE, grid) is in `backends.pipelines`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-import warnings
-from typing import Literal, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -41,7 +42,7 @@ from .config import PREDICTION_TYPES, PredictionType, schedule_from_config, to_e
 from .guidance import check_guidance
 
 __all__ = [
-    "UNetEps", "Pipeline", "load_pipeline", "schedule_from_config", "resolve_device", "resolve_dtype",
+    "UNetEps", "load_pipeline", "schedule_from_config", "resolve_device", "resolve_dtype",
     "PromptTokens", "prompt_tokens",
 ]
 
@@ -143,6 +144,11 @@ class UNetEps:
             `num_class_embeds` or `class_embed_type`; required there).
         negative_class_labels: (1 or B,) labels of the unconditional branch for guidance,
             e.g. the null label a model was trained with by label dropout.
+        conditioning: any other UNet keyword arguments of the conditional branch, each a tensor
+            with batch 1 or B or a dict of such tensors, e.g. SDXL's
+            `{"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}`. Floating
+            tensors are cast to the model dtype, all to the model's device.
+        negative_conditioning: the same keys (and dict layout) for the unconditional branch.
         guidance_scale: g in ε = ε_u + g (ε_c − ε_u). g = 1 runs the conditional branch
             alone; any other g needs the negative of every conditioning the UNet takes.
         model_dtype: dtype the UNet input is cast to; default the UNet's parameter dtype
@@ -151,6 +157,11 @@ class UNetEps:
     Calling `eps(x, t)` with x a tensor (B, C, H, W) of any float dtype and device and t a
     model time returns ε with x's dtype and device. Outputs with twice the input channels
     (learned variance, e.g. guided diffusion) keep the first half.
+
+    A guided call is the one diffusers' pipelines make: the UNet on the batch
+    [x; x] with every keyword tensor as [negative; conditional], then
+    `out_u + g * (out_c − out_u)` in the model dtype, so ε equals the pipeline's own guided
+    noise prediction bit for bit (before the float64 conversion of `__call__`).
     """
 
     def __init__(
@@ -163,6 +174,8 @@ class UNetEps:
         negative_encoder_hidden_states: torch.Tensor | None = None,
         class_labels: torch.Tensor | Sequence[int] | int | None = None,
         negative_class_labels: torch.Tensor | Sequence[int] | int | None = None,
+        conditioning: Mapping[str, Any] | None = None,
+        negative_conditioning: Mapping[str, Any] | None = None,
         guidance_scale: float = 1.0,
         model_dtype: torch.dtype | str | None = None,
     ):
@@ -188,7 +201,13 @@ class UNetEps:
                 self.cond[name] = pair[0]
             if pair[1] is not None:
                 self.uncond[name] = pair[1]
-        missing = [f"negative_{name}" for name in self.cond if name not in self.uncond]
+        extra, extra_negative = _extra_conditioning(conditioning, negative_conditioning, set(given), param.device, dtype)
+        self.cond.update(extra)
+        self.uncond.update(extra_negative)
+        missing = [
+            f"negative_{name}" if name in given else f"negative_conditioning[{name!r}]"
+            for name in self.cond if name not in self.uncond
+        ]
         g = check_guidance(
             guidance_scale, negative_given=bool(self.cond) and not missing, conditional=bool(self.cond),
             negative_name=", ".join(missing) or "the negative branch",
@@ -215,7 +234,10 @@ class UNetEps:
         )
 
     @staticmethod
-    def _expand(value: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    def _expand(value, batch: int, name: str):
+        """`value` (a tensor, or a dict of them) with batch size `batch` (a batch of 1 is broadcast)."""
+        if isinstance(value, dict):
+            return {k: UNetEps._expand(v, batch, f"{name}[{k!r}]") for k, v in value.items()}
         if value.shape[0] == batch:
             return value
         if value.shape[0] == 1:
@@ -234,7 +256,7 @@ class UNetEps:
             if not self.guided:
                 return self._unet(xm, t, {k: self._expand(v, batch, k) for k, v in self.cond.items()})
             both = {
-                k: torch.cat([self._expand(self.uncond[k], batch, f"negative_{k}"), self._expand(v, batch, k)])
+                k: _cat(self._expand(self.uncond[k], batch, f"negative_{k}"), self._expand(v, batch, k))
                 for k, v in self.cond.items()
             }
             out_u, out_c = self._unet(torch.cat([xm, xm]), t, both).chunk(2)
@@ -253,6 +275,56 @@ class UNetEps:
         if self.prediction_type == "epsilon":
             return out
         return to_eps(out, x, float(self.schedule.alpha(t)), float(self.schedule.sigma(t)), self.prediction_type)
+
+
+def _cat(negative, value):
+    """[negative; value] along the batch, key by key for dicts (diffusers' CFG batch order)."""
+    if isinstance(value, dict):
+        return {k: _cat(negative[k], v) for k, v in value.items()}
+    return torch.cat([negative, value])
+
+
+def _extra_conditioning(conditioning, negative, named: set[str], device, dtype) -> tuple[dict, dict]:
+    """Validate `conditioning` / `negative_conditioning` (UNet keyword → tensor or dict of tensors)
+    and cast them: floating tensors to the model dtype, all to the model's device."""
+    for label, mapping in (("conditioning", conditioning), ("negative_conditioning", negative)):
+        if mapping is None:
+            continue
+        if not isinstance(mapping, Mapping):
+            raise TypeError(f"{label} must be a dict of UNet keyword arguments, got {type(mapping).__name__}")
+        clash = sorted(set(mapping) & named)
+        if clash:
+            raise ValueError(f"{label} has key(s) {clash}; pass them as the named arguments of UNetEps instead")
+    conditioning, negative = dict(conditioning or {}), dict(negative or {})
+    if negative and not conditioning:
+        raise ValueError("negative_conditioning was given without conditioning")
+    unknown = sorted(set(negative) - set(conditioning))
+    if unknown:
+        raise ValueError(f"negative_conditioning has key(s) {unknown} that conditioning lacks; the keys must match")
+
+    def cast(value, name: str):
+        if isinstance(value, Mapping):
+            return {k: cast(v, f"{name}[{k!r}]") for k, v in value.items()}
+        if not isinstance(value, torch.Tensor) or value.ndim == 0:
+            raise TypeError(f"{name} must be a tensor with a batch dimension (or a dict of them), got {value!r}")
+        return value.to(device, dtype) if value.is_floating_point() else value.to(device)
+
+    cond = {k: cast(v, f"conditioning[{k!r}]") for k, v in conditioning.items()}
+    uncond = {k: cast(v, f"negative_conditioning[{k!r}]") for k, v in negative.items()}
+    for k, v in uncond.items():
+        if _layout(v) != _layout(cond[k]):
+            raise ValueError(
+                f"negative_conditioning[{k!r}] has layout {_layout(v)}, conditioning[{k!r}] {_layout(cond[k])} "
+                "(the same keys and shapes after the batch dimension are needed)"
+            )
+    return cond, uncond
+
+
+def _layout(value):
+    """Keys and per-item shapes of a conditioning value (what [negative; conditional] must share)."""
+    if isinstance(value, dict):
+        return {k: _layout(v) for k, v in value.items()}
+    return tuple(value.shape[1:])
 
 
 def _is_conditional(unet) -> bool:
@@ -301,294 +373,106 @@ def _conditioning(unet, name: str, value, negative, device, dtype) -> tuple[torc
     return value, negative
 
 
-# ---------------------------------------------------------------------------------
-# Pipelines
-# ---------------------------------------------------------------------------------
-class Pipeline:
-    """A loaded diffusion model: UNet + schedule (+ VAE, text encoder, tokenizer for latent models).
-
-    Attributes:
-        unet, vae, text_encoder, tokenizer: the components (the last three None for pixel models).
-        schedule: `DiscreteVP` from the scheduler config (see `schedule_from_config`).
-        scheduler_config: the scheduler config dict.
-        prediction_type: "epsilon", "v_prediction" or "sample".
-        device, dtype: where and in which dtype the networks run.
-        path: where it was loaded from.
-    """
-
-    def __init__(self, *, unet, scheduler_config: dict, vae=None, text_encoder=None, tokenizer=None, path: str = ""):
-        self.unet = unet
-        self.vae = vae
-        self.text_encoder = text_encoder
-        self.tokenizer = tokenizer
-        self.scheduler_config = dict(scheduler_config)
-        self.schedule = schedule_from_config(self.scheduler_config)
-        self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(
-                f"prediction_type={self.prediction_type!r} in the scheduler config is not supported; "
-                f"choose one of {list(PREDICTION_TYPES)}"
-            )
-        self.path = str(path)
-        param = next(unet.parameters())
-        self.device, self.dtype = param.device, param.dtype
-        if self.is_conditional and (text_encoder is None or tokenizer is None):
-            raise ValueError(f"{self.path}: a conditional UNet needs a text_encoder and a tokenizer")
-
-    def __repr__(self) -> str:
-        kind = "latent" if self.is_latent else "pixel"
-        cond = "text-conditional" if self.is_conditional else "unconditional"
-        return (
-            f"Pipeline({self.path!r}, {kind}, {cond}, prediction_type={self.prediction_type!r}, "
-            f"resolution={self.resolution}, device={self.device}, dtype={self.dtype})"
-        )
-
-    # -- properties -----------------------------------------------------------------------
-    @property
-    def is_conditional(self) -> bool:
-        return _is_conditional(self.unet)
-
-    @property
-    def is_latent(self) -> bool:
-        return self.vae is not None
-
-    @property
-    def vae_scale_factor(self) -> int:
-        if self.vae is None:
-            return 1
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        """(C, h, w) of one model-space sample."""
-        h, w = _pair(self.unet.config.sample_size)
-        return (int(self.unet.config.in_channels), h, w)
-
-    @property
-    def resolution(self) -> int | tuple[int, int]:
-        """Native image size (UNet sample_size × VAE scale factor); an int for square models."""
-        h, w = _pair(self.unet.config.sample_size)
-        h, w = h * self.vae_scale_factor, w * self.vae_scale_factor
-        return h if h == w else (h, w)
-
-    # -- text -------------------------------------------------------------------------------
-    def encode_prompt(self, prompt: str | Sequence[str]) -> torch.Tensor:
-        """Text-encoder embeddings (B, L, D) of a prompt (padded to the tokenizer's max length).
-
-        A prompt longer than `max_prompt_tokens` is cut there, with a UserWarning naming the cut
-        text, as diffusers does; `prompt_tokens(prompt)` tells what was used.
-        """
-        if not self.is_conditional:
-            raise ValueError(f"prompt={prompt!r} was given, but {self.path} is an unconditional model")
-        if isinstance(prompt, str):
-            prompt = [prompt]
-        if not isinstance(prompt, (list, tuple)) or not all(isinstance(p, str) for p in prompt):
-            raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
-        max_length = self.max_prompt_tokens
-        for p in dict.fromkeys(prompt):
-            cut = prompt_tokens(self.tokenizer, p, max_length).truncated
-            if cut:  # the wording diffusers uses, so users recognise it
-                warnings.warn(
-                    "The following part of your input was truncated because CLIP can only handle sequences up to "
-                    f"{max_length} tokens: {cut!r}",
-                    UserWarning, stacklevel=3,
-                )
-        tokens = self.tokenizer(
-            list(prompt), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
-        )
-        with torch.no_grad():
-            emb = self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]
-        return emb.to(self.dtype)
-
-    @property
-    def max_prompt_tokens(self) -> int:
-        """Tokens the text encoder takes, start and end tokens included."""
-        return int(min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings))
-
-    def prompt_tokens(self, prompt: str) -> PromptTokens:
-        """The prompt as the text encoder uses it (see `prompt_tokens`); no warning."""
-        if not self.is_conditional:
-            raise ValueError(f"prompt={prompt!r} was given, but {self.path} is an unconditional model")
-        return prompt_tokens(self.tokenizer, prompt, self.max_prompt_tokens)
-
-    def eps_fn(
-        self, prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] | None = None,
-        guidance_scale: float = 1.0,
-    ) -> UNetEps:
-        """ε(x, t) for a prompt with classifier-free guidance g = `guidance_scale`.
-
-        Conditional models: no prompt means the empty prompt; g > 1 without a negative
-        prompt guides away from the empty prompt (as diffusers does); g < 1 needs an
-        explicit negative prompt. Unconditional models take neither a prompt nor g ≠ 1.
-        """
-        if not self.is_conditional and (prompt is not None or negative_prompt is not None):
-            which = "prompt" if prompt is not None else "negative_prompt"
-            raise ValueError(
-                f"{which}={prompt if prompt is not None else negative_prompt!r} was given, but the model at "
-                f"{self.path} is unconditional ({type(self.unet).__name__}) and takes no prompt"
-            )
-        g = check_guidance(guidance_scale, negative_given=negative_prompt is not None, conditional=self.is_conditional)
-        if not self.is_conditional:
-            return UNetEps(self.unet, self.schedule, prediction_type=self.prediction_type)
-        cond = self.encode_prompt("" if prompt is None else prompt)
-        uncond = None
-        if g != 1.0:
-            uncond = self.encode_prompt("" if negative_prompt is None else negative_prompt)
-        return UNetEps(
-            self.unet, self.schedule, prediction_type=self.prediction_type,
-            encoder_hidden_states=cond, negative_encoder_hidden_states=uncond, guidance_scale=g,
-        )
-
-    # -- images <-> model space ----------------------------------------------------------------
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (N, 3, H, W) in [−1, 1] → model space, float64 on the pipeline's device.
-
-        Latent models: z = (mean of the VAE posterior − shift_factor) · scaling_factor
-        (the mean, not a sample: deterministic). Pixel models: the images themselves.
-        """
-        images = _check_images(images)
-        if self.vae is None:
-            return images.to(self.device, torch.float64)
-        with torch.no_grad():
-            mean = self.vae.encode(images.to(self.device, self.vae.dtype)).latent_dist.mean
-        z = mean.to(torch.float64)
-        shift = getattr(self.vae.config, "shift_factor", None)
-        if shift is not None:
-            z = z - float(shift)
-        return z * float(self.vae.config.scaling_factor)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Model space → images (N, 3, H, W) in [−1, 1] (not clamped), float32 on the CPU."""
-        if not isinstance(z, torch.Tensor):
-            raise TypeError(f"z must be a torch tensor, got {type(z).__name__}")
-        if self.vae is None:
-            return z.detach().to("cpu", torch.float32)
-        z = z.to(torch.float64) / float(self.vae.config.scaling_factor)
-        shift = getattr(self.vae.config, "shift_factor", None)
-        if shift is not None:
-            z = z + float(shift)
-        with torch.no_grad():
-            images = self.vae.decode(z.to(self.device, self.vae.dtype)).sample
-        return images.to("cpu", torch.float32)
-
-
-def _pair(size) -> tuple[int, int]:
-    if isinstance(size, (list, tuple)):
-        return int(size[0]), int(size[1])
-    return int(size), int(size)
-
-
-def _check_images(images) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch tensor (N, 3, H, W) in [-1, 1], got {type(images).__name__}")
-    if images.ndim != 4:
-        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
-    return images
 
 
 # ---------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------
-def _resolve_folder(path_or_id: str | os.PathLike) -> Path:
-    """A local pipeline folder, downloading a hub snapshot when `path_or_id` is not a folder."""
-    path = Path(path_or_id).expanduser()
-    if path.is_dir():
-        return path
-    text = str(path_or_id)
-    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists()
-    if path.exists():
-        raise FileNotFoundError(f"model {text!r} is a file, not a diffusers pipeline folder")
-    if not looks_like_hub_id:
-        raise FileNotFoundError(f"model folder {text!r} does not exist (expected a diffusers pipeline folder)")
-    try:
-        from huggingface_hub import snapshot_download
-
-        local = snapshot_download(
-            text,
-            allow_patterns=["model_index.json", "scheduler/*", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*"],
-        )
-    except Exception as err:  # noqa: BLE001 - offline, unknown repo, auth: all end in one clear message
-        raise FileNotFoundError(
-            f"model {text!r} is neither a local folder nor a reachable hub repository "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-        ) from None
-    return Path(local)
-
-
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} is missing: {path} not found")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{what} at {path} is unreadable: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{what} at {path} is not a JSON object")
-    return data
-
-
-def _load_component(folder: Path, name: str, loader, **kwargs):
-    sub = folder / name
-    if not sub.is_dir():
-        raise FileNotFoundError(f"model folder {folder} has no {name!r} component ({sub} is missing)")
-    try:
-        return loader(str(folder), subfolder=name, **kwargs)
-    except Exception as err:  # noqa: BLE001 - turn any loader failure into one line naming the component
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"could not load the {name!r} component of {folder}: {type(err).__name__}: {first}") from None
-
-
 def load_pipeline(
     path_or_id: str | os.PathLike,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
-) -> Pipeline:
-    """Load a diffusers pipeline folder (the `save_pretrained` layout) or a hub id.
+    *,
+    progress: bool = True,
+):
+    """`DiffusionPipeline.from_pretrained(path_or_id, dtype=dtype).to(device)`, with clear errors.
 
-    Components are loaded one by one: `unet` (UNet2DModel or UNet2DConditionModel, read from
-    unet/config.json), `scheduler` (only its config JSON), and for latent models `vae`
-    (AutoencoderKL), `text_encoder` (CLIPTextModel) and `tokenizer` (CLIPTokenizer).
-    A missing folder or component is a FileNotFoundError naming it; an unreadable one a
-    ValueError naming it.
+    Returns the diffusers pipeline itself (StableDiffusionPipeline, StableDiffusionXLPipeline,
+    DDPMPipeline, …); `belm.apps` and `backends.pipelines.adapt` take it as it is. Components
+    stored as `[null, null]` in model_index.json (a safety checker, SD3's T5) are passed as None.
 
     Args:
-        path_or_id: local folder, or a hub id such as "google/ddpm-cifar10-32" when a hub is reachable.
+        path_or_id: a `save_pretrained` folder, or a hub id such as "google/ddpm-cifar10-32"
+            where a hub is reachable.
         device: default "cuda" when available, else "cpu".
         dtype: "float32", "float16", "bfloat16" or a torch dtype; default float16 on CUDA,
             float32 on CPU. The networks run in it; the solver state stays float64.
+        progress: show diffusers' and transformers' loading progress bars (on stderr).
+
+    Raises:
+        FileNotFoundError: the folder, its model_index.json or a component's folder is missing
+            (naming it), or a hub id cannot be reached.
+        ValueError: a bad device or dtype, or a component that does not load (naming it).
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    folder = _resolve_folder(path_or_id)
-    index = _read_json(folder / "model_index.json", "model_index.json (the pipeline's component list)")
-    unsupported = sorted(k for k in ("vqvae", "transformer", "prior", "decoder") if k in index)
-    if unsupported:
-        raise ValueError(
-            f"{folder}: pipeline {index.get('_class_name', '?')} has component(s) {unsupported}; only UNet pipelines "
-            "(pixel DDPM/DDIM, Stable Diffusion 1.x/2.x) are supported"
-        )
-    from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel
+    from diffusers import DiffusionPipeline
 
-    scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json", "the 'scheduler' component's config")
-    unet_config = _read_json(folder / "unet" / "config.json", "the 'unet' component's config")
-    unet_class = unet_config.get("_class_name", "UNet2DModel")
-    loaders = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
-    if unet_class not in loaders:
-        raise ValueError(f"unet class {unet_class!r} in {folder / 'unet'} is not supported; expected one of {list(loaders)}")
-    unet = _load_component(folder, "unet", loaders[unet_class].from_pretrained, torch_dtype=dt)
-    vae = text_encoder = tokenizer = None
-    latent = "vae" in index or unet_class == "UNet2DConditionModel"
-    if latent:
-        vae = _load_component(folder, "vae", AutoencoderKL.from_pretrained, torch_dtype=dt)
-    if unet_class == "UNet2DConditionModel":
-        from transformers import CLIPTextModel, CLIPTokenizer
+    text = os.fspath(path_or_id)
+    path = Path(text).expanduser()
+    local = path.is_dir()
+    if not local:
+        looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists()
+        if path.exists():
+            raise FileNotFoundError(f"model {text!r} is a file, not a diffusers pipeline folder")
+        if not looks_like_hub_id:
+            raise FileNotFoundError(f"model folder {text!r} does not exist (expected a diffusers pipeline folder)")
+    index = _model_index(path if local else text, local)
+    nulls = {k: None for k, v in index.items() if isinstance(v, (list, tuple)) and len(v) == 2 and v[0] is None}
+    if local:
+        for name, entry in index.items():
+            if name.startswith("_") or name in nulls or not isinstance(entry, (list, tuple)):
+                continue
+            if not (path / name).is_dir():
+                raise FileNotFoundError(f"model folder {path} has no {name!r} component ({path / name} is missing)")
+    try:
+        with _progress_bars(progress):
+            pipe = DiffusionPipeline.from_pretrained(str(path) if local else text, dtype=dt, **nulls)
+    except Exception as err:  # noqa: BLE001 - any loader failure becomes one line naming the component
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        names = [k for k in index if not k.startswith("_") and f"/{k}/" in first.replace(os.sep, "/")]
+        what = f"the {names[0]!r} component of {text}" if names else f"the pipeline {text}"
+        raise ValueError(f"could not load {what}: {type(err).__name__}: {first}") from None
+    return pipe.to(dev)
 
-        text_encoder = _load_component(folder, "text_encoder", CLIPTextModel.from_pretrained, dtype=dt)
-        tokenizer = _load_component(folder, "tokenizer", CLIPTokenizer.from_pretrained)
-    for module in (unet, vae, text_encoder):
-        if module is not None:
-            module.to(dev).eval()
-    return Pipeline(
-        unet=unet, scheduler_config=scheduler_config, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-        path=str(path_or_id),
-    )
+
+@contextlib.contextmanager
+def _progress_bars(show: bool):
+    """diffusers' and transformers' progress bars on (as they were) or off while loading."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = [diffusers_logging, transformers_logging]
+    before = [lib.is_progress_bar_enabled() for lib in libraries]
+    for lib in libraries:
+        if not show:
+            lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, enabled in zip(libraries, before):
+            (lib.enable_progress_bar if enabled else lib.disable_progress_bar)()
+
+
+def _model_index(source, local: bool) -> dict:
+    """model_index.json of a folder or hub repository (the component list)."""
+    if local:
+        file = Path(source) / "model_index.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"model_index.json (the pipeline's component list) is missing: {file} not found")
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"model_index.json at {file} is unreadable: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"model_index.json at {file} is not a JSON object")
+        return data
+    from diffusers import DiffusionPipeline
+
+    try:
+        return dict(DiffusionPipeline.load_config(source))
+    except Exception as err:  # noqa: BLE001 - offline, unknown repo, auth: all end in one clear message
+        raise FileNotFoundError(
+            f"model {source!r} is neither a local folder nor a reachable hub repository "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from None

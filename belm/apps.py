@@ -1,13 +1,17 @@
 """Applications (MATH.md §7): reconstruction, editing, interpolation and sampling.
 
-Each function takes a loaded `backends.unet.Pipeline` and images as (N, 3, H, W) tensors
-in [−1, 1] (see `belm.images.load_image`), runs a `belm_core.Solver` with the state in
-float64, and returns a small result object with the images and metrics.
+Each function takes a loaded diffusers pipeline as it is (StableDiffusionPipeline,
+StableDiffusionXLPipeline, DDPMPipeline or DDIMPipeline; see `backends.pipelines`) and images
+as (N, 3, H, W) tensors in [−1, 1] (see `belm.images.load_image`), runs a `belm_core.Solver`
+with the state in float64 on the grid of the pipeline's scheduler config, and returns a small
+result object with the images and metrics.
 
-    pipe = load_pipeline("path/to/pipeline")
-    image = load_image("cat.png", pipe.resolution)
+    pipe = DiffusionPipeline.from_pretrained("path/to/pipeline")   # or backends.unet.load_pipeline
+    image = load_image("cat.png", 512)
     result = reconstruct(pipe, image, steps=10, method="o-belm")
     result.metrics["latent_mse"]        # ≈ 1e-28 for exact methods, ≫ for DDIM
+
+    latent = invert(pipe, latents=z0, prompt="a cat", guidance_scale=3.0, steps=8)   # a belm_core.Latent
 
 The shared settings (prompt, negative_prompt, guidance_scale, steps, method, spacing,
 progress) come as one `SamplingOptions` (`options=`) or as keyword arguments; keywords that
@@ -22,11 +26,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from backends.pipelines import PipelineAdapter, adapt
 from belm_core import BDIA, EDICT, Latent, Method, Solver, get_method
 
 from .images import to_unit
@@ -34,7 +39,7 @@ from .options import SamplingOptions
 
 __all__ = [
     "SamplingOptions", "make_method", "make_solver", "prompt_metrics", "latent_mse", "pixel_mse", "psnr", "round_trip_metrics", "slerp",
-    "reconstruct", "edit", "interpolate", "sample",
+    "invert", "reconstruct", "edit", "interpolate", "sample",
     "Reconstruction", "Edit", "Interpolation",
 ]
 
@@ -98,25 +103,33 @@ def make_method(method: str | Method = "o-belm", *, gamma: float | None = None, 
 
 
 def make_solver(pipe, steps: int, method: str | Method = "o-belm", spacing: str | None = None) -> Solver:
-    """A float64-state Solver on the pipeline's schedule (an unavailable spacing: the schedule's message)."""
-    return Solver(pipe.schedule, steps=steps, method=method, spacing=spacing)
+    """The float64-state Solver for a pipeline: with cfg = `pipe.scheduler.config`,
+
+        Solver(schedule_from_config(cfg), steps=steps, method=method, **solver_options(cfg))
+
+    (`backends.config`), the grid `BELMScheduler.from_config(cfg)` builds, so latents move
+    between the two. `spacing` replaces the config's `timestep_spacing` (an unavailable one:
+    the schedule's message)."""
+    return adapt(pipe).solver(steps, method, spacing)
 
 
-def _solver(pipe, options: SamplingOptions) -> Solver:
-    return make_solver(pipe, options.steps, options.method, options.spacing)
+def _solver(pipe: PipelineAdapter, options: SamplingOptions) -> Solver:
+    return pipe.solver(options.steps, options.method, options.spacing)
 
 
 def prompt_metrics(pipe, prompt: str | None, key: str = "prompt") -> dict[str, Any]:
     """What the text encoder used of `prompt`: {key: the text used, key_tokens: its token count,
     key_truncated: the text cut off, or None}. Unconditional models and no prompt: {key: prompt}."""
+    pipe = adapt(pipe)
     if prompt is None or not pipe.is_conditional:
         return {key: prompt}
     used = pipe.prompt_tokens(prompt)
     return {key: used.text, f"{key}_tokens": used.tokens, f"{key}_truncated": used.truncated or None}
 
 
-def _eps(pipe, options: SamplingOptions, prompt: str | None):
-    return pipe.eps_fn(prompt, options.negative_prompt, options.guidance_scale)
+def _eps(pipe: PipelineAdapter, options: SamplingOptions, prompt: str | None, size: tuple[int, int]):
+    """ε for `prompt` on images of `size` (H, W) pixels (SDXL's time ids depend on it)."""
+    return pipe.eps_fn(prompt, options.negative_prompt, options.guidance_scale, size=size)
 
 
 #: tolerance on the [−1, 1] range of input images (rounding of a conversion, not a different range)
@@ -149,7 +162,68 @@ def _check_image_batch(pipe, images: torch.Tensor, name: str) -> torch.Tensor:
 
 def size_multiple(pipe) -> int:
     """Image sizes must be multiples of this (VAE factor × the UNet's downsampling)."""
-    return pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+    return adapt(pipe).size_multiple
+
+
+def _size(images: torch.Tensor) -> tuple[int, int]:
+    return int(images.shape[-2]), int(images.shape[-1])
+
+
+# ---------------------------------------------------------------------------------
+# Inversion
+# ---------------------------------------------------------------------------------
+def invert(
+    pipe,
+    image: Any = None,
+    latents: torch.Tensor | None = None,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+    guidance_scale: float = 1.0,
+    steps: int = 50,
+    method: str | Method = "o-belm",
+    *,
+    spacing: str | None = None,
+    until: int | None = None,
+    progress: bool = False,
+) -> Latent:
+    """The `Latent` from which sampling with the same ε rebuilds the input exactly.
+
+    Give exactly one of `image` — a tensor (N, 3, H, W) in [−1, 1], or PIL images / NumPy
+    arrays for the pipeline's `image_processor` — encoded by the VAE (posterior mean ×
+    scaling), or `latents`: model-space z0 (N, C, h, w) of any float dtype, which skips the VAE.
+    The solver state is float64; the Latent records `dtype` of the input.
+
+    The grid is `make_solver(pipe, steps, method, spacing)`: by default the one
+    `BELMScheduler.from_config(pipe.scheduler.config, method=method)` walks, so
+    `scheduler.set_latent(latent)` followed by `pipe(prompt, latents=latent.states[0], …,
+    guidance_scale=guidance_scale)` reconstructs z0 (same prompt, guidance and steps).
+    `until` = K stops at grid index K (partial inversion for editing).
+    """
+    pipe = adapt(pipe)
+    options = SamplingOptions(
+        prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale, steps=steps, method=method,
+        spacing=spacing, progress=progress,
+    )
+    if (image is None) == (latents is None):
+        raise ValueError("give exactly one of image= (encoded by the VAE) and latents= (model-space z0)")
+    if latents is not None:
+        z0 = _check_latents(pipe, latents)
+        size = (z0.shape[-2] * pipe.vae_scale_factor, z0.shape[-1] * pipe.vae_scale_factor)
+    else:
+        images = _check_image_batch(pipe, pipe.preprocess(image), "image")
+        z0, size = pipe.encode(images), _size(images)
+    solver = _solver(pipe, options)
+    return solver.invert(_eps(pipe, options, options.prompt, size), z0, until=until, progress=options.progress)
+
+
+def _check_latents(pipe: PipelineAdapter, latents) -> torch.Tensor:
+    if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+        kind = f"a {latents.dtype} tensor" if isinstance(latents, torch.Tensor) else type(latents).__name__
+        raise TypeError(f"latents must be a floating-point torch tensor (N, C, h, w), got {kind}")
+    channels = pipe.latent_shape[0]
+    if latents.ndim != 4 or latents.shape[1] != channels:
+        raise ValueError(f"latents must have shape (N, {channels}, h, w) for this model, got {tuple(latents.shape)}")
+    return latents.to(pipe.device)
 
 
 # ---------------------------------------------------------------------------------
@@ -193,9 +267,10 @@ def reconstruct(
         options, prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale, steps=steps,
         method=method, spacing=spacing, progress=progress,
     )
+    pipe = adapt(pipe)
     image = _check_image_batch(pipe, image, "image")
     solver = _solver(pipe, options)
-    eps_model = _eps(pipe, options, options.prompt)
+    eps_model = _eps(pipe, options, options.prompt, _size(image))
     calls = [0]
 
     def eps(x, t):
@@ -262,8 +337,9 @@ def edit(
         raise ValueError(
             f"options.prompt={options.prompt!r}: edit takes source_prompt and target_prompt instead; leave prompt None"
         )
+    pipe = adapt(pipe)
     if not pipe.is_conditional:
-        raise ValueError(f"edit needs a text-conditional model; {pipe.path} is unconditional (no prompts)")
+        raise ValueError(f"edit needs a text-conditional model; {pipe.name} is unconditional (no prompts)")
     image = _check_image_batch(pipe, image, "image")
     solver = _solver(pipe, options)
     low, N = solver.until_range
@@ -273,8 +349,8 @@ def edit(
             f"{solver.method.signature()} keeps at least {low} inversion step(s))"
         )
     until = N - int(freeze)
-    eps_src = _eps(pipe, options, source_prompt)
-    eps_tgt = _eps(pipe, options, target_prompt)
+    eps_src = _eps(pipe, options, source_prompt, _size(image))
+    eps_tgt = _eps(pipe, options, target_prompt, _size(image))
     z0 = pipe.encode(image)
     latent = solver.invert(eps_src, z0, until=until, progress=options.progress)
     z_rec = solver.sample(eps_src, latent, progress=options.progress)
@@ -327,6 +403,7 @@ def interpolate(
     )
     if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 2:
         raise ValueError(f"frames={frames!r} must be an integer ≥ 2")
+    pipe = adapt(pipe)
     image_a = _check_image_batch(pipe, image_a, "image_a")
     image_b = _check_image_batch(pipe, image_b, "image_b")
     if image_a.shape != image_b.shape or image_a.shape[0] != 1:
@@ -334,7 +411,7 @@ def interpolate(
             f"image_a and image_b must be single images of one size, got {tuple(image_a.shape)} and {tuple(image_b.shape)}"
         )
     solver = _solver(pipe, options)
-    eps = _eps(pipe, options, options.prompt)
+    eps = _eps(pipe, options, options.prompt, _size(image_a))
     images = torch.cat([image_a, image_b])
     latent = solver.invert(eps, pipe.encode(images), progress=options.progress)
     weights = [f / (frames - 1) for f in range(frames)]
@@ -358,8 +435,9 @@ def interpolate(
 def sample(
     pipe,
     *,
-    num: int = 4,
+    num: int | None = None,
     seed: int = 0,
+    latent: Latent | None = None,
     options: SamplingOptions | None = None,
     prompt: str | None = None,
     negative_prompt: str | None = None,
@@ -368,29 +446,47 @@ def sample(
     method: str | Method | None = None,
     spacing: str | None = None,
     size: int | tuple[int, int] | None = None,
+    output_type: Literal["image", "latent"] = "image",
     progress: bool | None = None,
 ) -> torch.Tensor:
-    """`num` images (num, 3, H, W) in [−1, 1] from x_T ~ N(0, I) (float64 noise from a CPU
-    generator seeded with `seed`, so results do not depend on the device). Settings: `options`,
-    with the keyword arguments given overriding its fields."""
+    """Images (num, 3, H, W) in [−1, 1] (`output_type="image"`) or model-space z0 (float64,
+    `output_type="latent"`).
+
+    From x_T ~ N(0, I) (`num` images, default 4; float64 noise from a CPU generator seeded with
+    `seed`, so results do not depend on the device), or from a `latent` made by `invert` (its
+    batch; exact reconstruction with the same prompt, guidance, steps and method). Settings:
+    `options`, with the keyword arguments given overriding its fields."""
     options = SamplingOptions.merge(
         options, prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale, steps=steps,
         method=method, spacing=spacing, progress=progress,
     )
-    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
-        raise ValueError(f"num={num!r} must be a positive integer")
-    c, h, w = pipe.latent_shape
-    if size is not None:
-        from .images import _size
-
-        H, W = _size(size)
-        m = size_multiple(pipe)
-        if H % m or W % m:
-            raise ValueError(f"size={size!r}: this model needs sizes divisible by {m}")
-        h, w = H // pipe.vae_scale_factor, W // pipe.vae_scale_factor
+    if output_type not in ("image", "latent"):
+        raise ValueError(f"output_type={output_type!r} must be 'image' or 'latent'")
+    pipe = adapt(pipe)
     solver = _solver(pipe, options)
-    eps = _eps(pipe, options, options.prompt)
-    gen = torch.Generator().manual_seed(int(seed))
-    x_T = torch.randn((int(num), c, h, w), generator=gen, dtype=torch.float64).to(pipe.device)
-    z = solver.sample(eps, x_T, progress=options.progress)
-    return pipe.decode(z)
+    if latent is not None:
+        if not isinstance(latent, Latent):
+            raise TypeError(f"latent must be a belm_core.Latent (from invert), got {type(latent).__name__}")
+        if num is not None or size is not None:
+            raise ValueError("num= and size= come from the latent; leave them None when latent= is given")
+        start = latent
+        shape = tuple(latent.states[0].shape)
+    else:
+        num = 4 if num is None else num
+        if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
+            raise ValueError(f"num={num!r} must be a positive integer")
+        c, h, w = pipe.latent_shape
+        if size is not None:
+            from .images import _size as image_size
+
+            H, W = image_size(size)
+            m = pipe.size_multiple
+            if H % m or W % m:
+                raise ValueError(f"size={size!r}: this model needs sizes divisible by {m}")
+            h, w = H // pipe.vae_scale_factor, W // pipe.vae_scale_factor
+        gen = torch.Generator().manual_seed(int(seed))
+        start = torch.randn((int(num), c, h, w), generator=gen, dtype=torch.float64).to(pipe.device)
+        shape = tuple(start.shape)
+    eps = _eps(pipe, options, options.prompt, (shape[-2] * pipe.vae_scale_factor, shape[-1] * pipe.vae_scale_factor))
+    z = solver.sample(eps, start, progress=options.progress)
+    return z if output_type == "latent" else pipe.decode(z)

@@ -29,7 +29,9 @@ __all__ = ["register"]
 
 
 def _common(p: argparse.ArgumentParser, *, prompt: bool = True) -> None:
-    p.add_argument("--model", required=True, help="diffusers pipeline folder (save_pretrained layout) or hub id")
+    p.add_argument("--model", required=True,
+                   help="diffusers pipeline folder (save_pretrained layout) or hub id: Stable Diffusion 1.x/2.x, SDXL, "
+                        "pixel DDPM/DDIM")
     p.add_argument("--out", required=True, help="output folder (created; a non-empty one needs --overwrite)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the contents of a non-empty --out (only once the new run has finished)")
@@ -38,8 +40,8 @@ def _common(p: argparse.ArgumentParser, *, prompt: bool = True) -> None:
     p.add_argument("--gamma", type=float, default=None, help="BDIA's γ (with --method bdia; default 1)")
     p.add_argument("--p", type=float, default=None, help="EDICT's mixing weight (with --method edict; default 0.93)")
     p.add_argument("--spacing", default=None, metavar="SPACING",
-                   help="timestep spacing, one the model's schedule offers (diffusers UNets: "
-                        f"{', '.join(DiscreteVP.spacings)}; default {DiscreteVP.default_spacing})")
+                   help=f"timestep spacing, one of {', '.join(DiscreteVP.spacings)} (default the timestep_spacing of "
+                        "the model's scheduler config)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default cuda when available)")
     p.add_argument("--dtype", default=None, help="model dtype: float32, float16, bfloat16 (default fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--size", type=int, default=None, help="image size in pixels (default the model's native resolution)")
@@ -118,13 +120,16 @@ def _prepare(args, images: tuple = ()):
 
 
 def _setup(args, method):
-    """Load the model; returns (pipe, options, size). The options are checked against its
-    schedule (steps, spacing) before any work."""
-    from backends.unet import load_pipeline
+    """Load the model; returns (pipe, options, size), pipe the `backends.pipelines` adapter of the
+    loaded diffusers pipeline. The options are checked against its schedule (steps, spacing)
+    before any work."""
+    from backends import unet
+    from backends.pipelines import adapt
 
     from .apps import SamplingOptions, make_solver
 
-    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+    pipe = adapt(unet.load_pipeline(args.model, device=args.device, dtype=args.dtype, progress=not args.no_progress))
+    pipe.pipe.set_progress_bar_config(disable=True)  # belm's own loops show progress, not the pipeline's
     options = SamplingOptions(
         prompt=getattr(args, "prompt", None), negative_prompt=getattr(args, "negative_prompt", None),
         guidance_scale=getattr(args, "guidance", 1.0), steps=args.steps, method=method, spacing=args.spacing,

@@ -70,7 +70,9 @@ def model_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pipes(model_dirs):
-    """Loaded pipelines (CPU, float32), cached: name → Pipeline."""
+    """Pipelines loaded from the `model_dirs` folders (CPU, float32) by `load_pipeline`, seen
+    through their `backends.pipelines` adapter, cached: name → PipelineAdapter."""
+    from backends.pipelines import adapt
     from backends.unet import load_pipeline
 
     loaded = {}
@@ -78,10 +80,47 @@ def pipes(model_dirs):
     class Pipes:
         def __getitem__(self, name: str):
             if name not in loaded:
-                loaded[name] = load_pipeline(model_dirs[name], device="cpu", dtype="float32")
+                pipe = load_pipeline(model_dirs[name], device="cpu", dtype="float32")
+                pipe.set_progress_bar_config(disable=True)
+                loaded[name] = adapt(pipe)
             return loaded[name]
 
     return Pipes()
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """In-memory tiny diffusers pipelines (tests/tiny_pipelines.py), built once: name → pipeline.
+
+    sd: StableDiffusionPipeline (ε) · sd_v: SD 2.x layout, v-prediction · sdxl: StableDiffusionXLPipeline ·
+    ddpm: pixel DDPMPipeline (ε, linear β).
+    """
+    pytest.importorskip("diffusers")
+    import tiny_pipelines
+
+    built: dict = {}
+
+    class Tiny:
+        def __getitem__(self, name: str):
+            if name not in built:
+                if name == "sd":
+                    pipe = tiny_pipelines.tiny_sd_pipeline("epsilon")
+                elif name == "sd_v":
+                    pipe = tiny_pipelines.tiny_sd_pipeline("v_prediction")
+                elif name == "sdxl":
+                    pipe = tiny_pipelines.tiny_sdxl_pipeline()
+                elif name == "ddpm":
+                    from diffusers import DDPMPipeline, DDPMScheduler
+                    from tiny_models import pixel_unet
+
+                    pipe = DDPMPipeline(unet=pixel_unet(), scheduler=DDPMScheduler(num_train_timesteps=1000))
+                else:
+                    raise KeyError(name)
+                pipe.set_progress_bar_config(disable=True)
+                built[name] = pipe
+            return built[name]
+
+    return Tiny()
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import json
 import time
 
 import pytest
+import torch
 
 import backends.unet
 import belm.images
@@ -204,10 +205,24 @@ def test_prompt_tokens_and_warning(pipes):
     assert used.tokens == sd.max_prompt_tokens == 12
     # the embedding of the long prompt is that of the text it was cut to
     with pytest.warns(UserWarning, match="truncated"):
-        long_emb = sd.encode_prompt(LONG)
-    assert (long_emb == sd.encode_prompt(used.text)).all()
+        long_emb = sd.encode_prompt(LONG)[0]["encoder_hidden_states"]
+    assert (long_emb == sd.encode_prompt(used.text)[0]["encoder_hidden_states"]).all()
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sd.encode_prompt("a cat")  # fits: no warning
+
+
+def test_sdxl_long_prompt_warns_once_and_both_encoders_use_the_cut_text(tiny):
+    from backends.pipelines import adapt
+
+    sdxl = adapt(tiny["sdxl"])
+    used = sdxl.prompt_tokens(LONG)
+    assert used.tokens == sdxl.max_prompt_tokens == 12 and used.truncated
+    with pytest.warns(UserWarning, match="truncated") as record:
+        long_cond, _ = sdxl.encode_prompt(LONG)
+    assert sum("truncated" in str(w.message) for w in record) == 1
+    cut_cond, _ = sdxl.encode_prompt(used.text)
+    assert torch.equal(long_cond["encoder_hidden_states"], cut_cond["encoder_hidden_states"])
+    assert torch.equal(long_cond["added_cond_kwargs"]["text_embeds"], cut_cond["added_cond_kwargs"]["text_embeds"])

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from backends.pipelines import adapt
 from backends.unet import UNetEps, load_pipeline, schedule_from_config
 from belm_core import DiscreteVP, Solver
 
@@ -68,6 +69,11 @@ def test_schedule_bad_configs():
         schedule_from_config({"beta_schedule": "sigmoid"})
 
 
+def _emb(pipe, prompt):
+    """The prompt embeddings the pipeline's own encode_prompt makes (conditional branch)."""
+    return pipe.encode_prompt(prompt)[0]["encoder_hidden_states"]
+
+
 # ---------------------------------------------------------------------------------
 # prediction types, guidance, determinism
 # ---------------------------------------------------------------------------------
@@ -106,7 +112,7 @@ def test_v_prediction_pipeline_uses_formula(pipes):
 
 def test_cfg_one_batched_call(pipes):
     pipe = pipes["sd"]
-    cond, uncond = pipe.encode_prompt("a cat"), pipe.encode_prompt("")
+    cond, uncond = _emb(pipe, "a cat"), _emb(pipe, "")
     g = 3.0
     eps = UNetEps(pipe.unet, pipe.schedule, encoder_hidden_states=cond, negative_encoder_hidden_states=uncond,
                   guidance_scale=g)
@@ -195,7 +201,7 @@ def test_class_conditioning_bad_input(pipes):
 
 def test_unet_eps_bad_input(pipes):
     pixel, sd = pipes["ddpm"], pipes["sd"]
-    emb = sd.encode_prompt("a cat")
+    emb = _emb(sd, "a cat")
     with pytest.raises(ValueError, match="encoder_hidden_states"):
         UNetEps(pixel.unet, pixel.schedule, encoder_hidden_states=emb)
     with pytest.raises(ValueError, match="prediction_type"):
@@ -299,7 +305,7 @@ def test_round_trip_exact_and_ddim_inexact(pipes, case):
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_low_precision_model_float64_state_is_exact(model_dirs, dtype):
     """The model in bf16/fp16, the state in float64: still exact (ε is deterministic)."""
-    pipe = load_pipeline(model_dirs["sd"], device="cpu", dtype=dtype)
+    pipe = adapt(load_pipeline(model_dirs["sd"], device="cpu", dtype=dtype))
     eps = pipe.eps_fn("a cat", guidance_scale=3.0)
     try:
         eps(torch.zeros(1, 4, 8, 8, dtype=torch.float64), 10)
@@ -320,7 +326,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [None, "bfloat16", "float32"])
 def test_cuda_round_trip(model_dirs, dtype):
-    pipe = load_pipeline(model_dirs["sd"], device="cuda", dtype=dtype)
+    pipe = adapt(load_pipeline(model_dirs["sd"], device="cuda", dtype=dtype))
     assert pipe.device.type == "cuda"
     assert pipe.dtype == (torch.float16 if dtype is None else getattr(torch, dtype))
     eps = pipe.eps_fn("a cat", guidance_scale=3.0)
@@ -338,7 +344,7 @@ def test_cuda_round_trip(model_dirs, dtype):
 @cuda
 @pytest.mark.cuda
 def test_cuda_default_dtype(model_dirs):
-    pipe = load_pipeline(model_dirs["ddpm"])
+    pipe = adapt(load_pipeline(model_dirs["ddpm"]))
     assert pipe.device.type == "cuda" and pipe.dtype == torch.float16
 
 
@@ -393,7 +399,7 @@ def test_check_guidance_rules():
 )
 def test_guidance_same_rules_in_unet_eps_and_pipeline(pipes, g, given, needle):
     sd = pipes["sd"]
-    emb = sd.encode_prompt("a cat")
+    emb = _emb(sd, "a cat")
     with pytest.raises(ValueError, match=needle):
         UNetEps(sd.unet, sd.schedule, encoder_hidden_states=emb,
                 negative_encoder_hidden_states=emb if given else None, guidance_scale=g)
