@@ -49,7 +49,7 @@ evaluated at, so a plain loop `for t in inv.timesteps: z = inv.step(model(z, t),
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -98,6 +98,13 @@ def scheduler_method(method: str, gamma: float = 1.0) -> Method:
     return get_method(key)
 
 
+#: the config keys `backends.config` reads (schedule, grid, end, prediction type)
+_CONFIG_KEYS_READ = (
+    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "set_alpha_to_one",
+    "steps_offset", "prediction_type", "timestep_spacing", "rescale_betas_zero_snr",
+)
+
+
 @dataclass
 class BELMInverseSchedulerOutput(SchedulerOutput):
     """`prev_sample`: the next (noisier) state x_{i+1}, in the dtype of the sample passed in."""
@@ -138,6 +145,21 @@ class _BELMSchedulerBase(SchedulerMixin, ConfigMixin):
         self._solvers: dict = {}
         self._begin_index: int | None = None
         self._clear_run()
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """diffusers' `from_config`, keeping the keys `backends.config` reads even where the source
+        scheduler filled them with its own defaults.
+
+        diffusers drops such default-filled keys (`_use_default_values`) when it moves a config to
+        another class; e.g. PNDMScheduler fills `set_alpha_to_one=False` into an SDXL config that
+        lacks it. `backends.config.solver_options` (which `belm.apps` uses) reads the key as it
+        stands, so the scheduler keeps it too: both build the same grid from the same config.
+        """
+        if isinstance(config, Mapping) and config.get("_use_default_values"):
+            config = dict(config)
+            config["_use_default_values"] = [k for k in config["_use_default_values"] if k not in _CONFIG_KEYS_READ]
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # -- diffusers' scheduler surface -------------------------------------------------------------
     def __len__(self) -> int:
