@@ -374,7 +374,8 @@ class BELMScheduler(_BELMSchedulerBase):
         stepper, held = self._stepper, self._held
         x, index = stepper.need()
         if index == held:  # ε at the state the caller holds
-            if x is not stepper.state(held) or not stepper.advance(self._eps(model_output, x, index)):
+            eps = self._eps(model_output, x, index)
+            if x is not stepper.state(held) or not stepper.advance(eps, owned=eps is not model_output):
                 raise RuntimeError(f"{self.method.signature()} needs more than the one model call per step")
         # else: the carry already holds x_{held−1} (a latent's second state); the model output is unused
         self._held = held - 1
@@ -463,7 +464,8 @@ class BELMInverseScheduler(_BELMSchedulerBase):
         x, index = stepper.need()
         if t != self._t[index]:
             raise self._time_error(t, self._t[index], index, "the next inversion step's ε")
-        if x is not stepper.state(held) or not stepper.advance(self._eps(model_output, x, index)):
+        eps = self._eps(model_output, x, index)
+        if x is not stepper.state(held) or not stepper.advance(eps, owned=eps is not model_output):
             raise RuntimeError(f"{self.method.signature()} needs ε away from the state the pipeline holds")
         self._held = held + 1
         return self._emit(stepper.state(held + 1), sample, return_dict, BELMInverseSchedulerOutput)
@@ -490,7 +492,9 @@ def _inversion_indices(solver: Solver) -> list[int]:
 
 def _as_time(timestep: Any) -> int:
     """A timestep (int, float or a tensor of equal entries) as an int."""
-    if isinstance(timestep, torch.Tensor):
+    if isinstance(timestep, torch.Tensor) and timestep.ndim == 0:
+        timestep = timestep.item()
+    elif isinstance(timestep, torch.Tensor):
         if timestep.numel() == 0:
             raise ValueError("timestep is an empty tensor")
         flat = timestep.detach().reshape(-1)

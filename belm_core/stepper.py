@@ -169,8 +169,12 @@ class Stepper:
                 raise RuntimeError(f"{self.solver.method.signature()} took a step without evaluating ε")
         return self._need.x, self._need.index
 
-    def advance(self, eps: Any) -> bool:
-        """Give ε at `need()`'s (x, index); True when this completed a step (the carry moved on)."""
+    def advance(self, eps: Any, *, owned: bool = False) -> bool:
+        """Give ε at `need()`'s (x, index); True when this completed a step (the carry moved on).
+
+        The Stepper may keep ε past this call; it copies ε once unless `owned=True` says ε is a
+        fresh array nobody else will write to (e.g. a dtype conversion the caller just made).
+        """
         x, index = self.need()
         self._evaluator.step = self.steps_done + 1
         self._given_eps = eps
@@ -178,7 +182,7 @@ class Stepper:
             checked = self._evaluator(x, index)  # the solver's checks: type, shape, dtype, finite
         finally:
             self._given_eps = None
-        self._supplied.append(self._evaluator.own(checked))
+        self._supplied.append(checked if owned else self._evaluator.own(checked))
         self._need = None
         try:
             carry = self._advance(self.solver._plan, self._carry, _Replay(self._supplied))

@@ -376,3 +376,17 @@ def test_wrong_timestep_errors(built):
     inv.set_timesteps(STEPS)
     with pytest.raises(ValueError, match="does not match the grid"):
         inv.step(torch.zeros_like(x), inv.timesteps[-1], x)
+
+
+# -- benchmark ------------------------------------------------------------------------------------------------------
+def test_step_benchmark_measures_all_schedulers():
+    from benchmarks import scheduler_step
+
+    data = scheduler_step.measure(rounds=1)
+    names = [r["name"] for r in data["rows"]]
+    assert names == list(scheduler_step.schedulers())
+    rows = {r["name"]: r for r in data["rows"]}
+    assert rows[scheduler_step.REFERENCE]["ratio"] == 1.0
+    assert all(r["median_us"] > 0 and r["calls"] == scheduler_step.STEPS for r in data["rows"])
+    table = scheduler_step.markdown(data)
+    assert all(name in table for name in names)
