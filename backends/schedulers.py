@@ -76,9 +76,10 @@ REFUSED = {
     ),
     "belm3": (
         "the stable 3-step BELM has constant a's, so its x-space coefficients grow like the squared step ratio and "
-        "sampling diverges on short grids (5–10 steps) and on grids with abrupt steps such as the top of 'leading' "
-        "or zero-terminal-SNR schedules (see belm_core.methods.BELM.stable); its 3-state latents would also need two "
-        "wasted model calls. Use belm_core.Solver(method='belm3') where the grid suits it"
+        "sampling diverges on grids whose steps change abruptly (h_{i+2}/h_i >> 10: 5–10-step grids on the linear "
+        "schedule, the top of the cosine schedule, the σ̄ ≈ 4096 first point of zero-terminal-SNR configs; see "
+        "belm_core.methods.BELM.stable), which a drop-in scheduler cannot rule out; and its first step from a 3-state "
+        "latent needs ε at two states. Use belm_core.Solver(method='belm3') where the grid suits it"
     ),
 }
 

@@ -88,7 +88,9 @@ def all_finite(x: Any) -> bool:
     if is_torch(x):
         torch = _torch()
         return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
-    return bool(np.isfinite(x.sum())) or bool(np.isfinite(x).all())
+    with np.errstate(over="ignore", invalid="ignore"):  # (the sum may overflow or meet inf − inf)
+        total = x.sum()
+    return bool(np.isfinite(total)) or bool(np.isfinite(x).all())
 
 
 def finfo_eps(dtype: str) -> float:

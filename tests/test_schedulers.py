@@ -390,3 +390,20 @@ def test_step_benchmark_measures_all_schedulers():
     assert all(r["median_us"] > 0 and r["calls"] == scheduler_step.STEPS for r in data["rows"])
     table = scheduler_step.markdown(data)
     assert all(name in table for name in names)
+
+
+def test_zero_length_last_step_is_dropped_and_pipelines_still_work(built):
+    """set_alpha_to_one=False with a grid ending at t = 0: N − 1 timesteps, N − 1 model calls, still exact."""
+    pipe, config = built("sd")
+    sched = BELMScheduler.from_config(config, steps_offset=0)
+    sched.set_timesteps(STEPS)
+    assert len(sched.timesteps) == STEPS - 1 and sched.timesteps[-1] > 0
+    assert sched.solver.grid.alpha[0] == np.sqrt(sched.schedule.alphas_cumprod[0])  # ends at ᾱ_0
+    z0 = _z0(9)
+    inv = BELMInverseScheduler.from_config(config, steps_offset=0)
+    with UNetRecorder(pipe.unet) as seen:
+        _run(pipe, inv, z0, 3.0)
+    assert len(seen.calls) == STEPS - 1
+    sched.set_latent(inv.latent)
+    rec = _run(pipe, sched, inv.latent.states[0].float(), 3.0)
+    assert float(((rec.double() - z0.double()) ** 2).mean()) <= 1e-16
