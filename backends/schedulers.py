@@ -1,0 +1,509 @@
+"""Drop-in diffusers schedulers: `BELMScheduler` (sampling) and `BELMInverseScheduler` (inversion).
+
+    pipe.scheduler = BELMScheduler.from_config(pipe.scheduler.config)           # O-BELM sampling
+    image = pipe(prompt, num_inference_steps=20).images[0]
+
+Exact reconstruction through the pipeline's own loop and classifier-free guidance:
+
+    pipe.scheduler = BELMInverseScheduler.from_config(cfg, method="o-belm")
+    pipe(prompt, latents=z0, num_inference_steps=N, guidance_scale=g, output_type="latent")
+    latent = pipe.scheduler.latent                                            # a belm_core.Latent
+    pipe.scheduler = BELMScheduler.from_config(cfg, method="o-belm")
+    pipe.scheduler.set_latent(latent)
+    z0_again = pipe(prompt, latents=latent.states[0].to(pipe.unet.dtype), num_inference_steps=N,
+                    guidance_scale=g, output_type="latent").images                 # == z0 (MSE ~1e-30)
+
+The math lives in `belm_core`: the grid is `Solver(schedule_from_config(config), N, method,
+**solver_options(config))` (the same reading of the config as `backends.config` gives every
+adapter), and each `step` hands the pipeline's one model output to a `belm_core.stepper.Stepper`,
+which runs the method's own step (coefficients, eq. 18 recurrence, start-up) from its explicit
+carry. These classes only adapt the step protocol.
+
+**Grid.** N = num_inference_steps, laid out by `timestep_spacing` and `steps_offset`; the last
+step ends at ᾱ = 1 (`set_alpha_to_one` True or absent) or at ᾱ_0 (`set_alpha_to_one=False`, as
+DDIMScheduler). In the latter case, when the last timestep already is 0 (e.g. "leading" spacing
+with steps_offset=0) that zero-length final step is dropped (`belm_core.grid.make_grid`):
+`timesteps` then has N − 1 entries and the pipeline makes N − 1 model calls. Pipelines loop over
+`scheduler.timesteps`, so they run unchanged; img2img's `strength` counts steps of N.
+
+**Precision.** The scheduler keeps its own float64 copy of the states; `prev_sample` is
+returned in the dtype of `sample`. The model output is converted to ε in float64 with
+`backends.config.to_eps` at the float64 state.
+
+**Re-sync rule (BELMScheduler).** When the `sample` passed to `step` is the very tensor the
+previous `step` returned, unmodified (same object, same `torch` version counter), the
+scheduler continues from its float64 states. Otherwise (a `callback_on_step_end` replaced or
+edited the latents, or img2img starts mid-grid) it starts a fresh history from the new
+sample at the grid position of `timestep`: a DDIM step first, then the method (the start-up
+of a lone x_N). The float64 states of the old history are dropped; the result equals a fresh
+run started from the edited latents.
+
+**Inverse timesteps.** `BELMInverseScheduler.timesteps` are the model times at which each
+inversion step needs ε, found by a dry run of the method's inversion: for O-BELM and BDIA
+(DDIM-inversion start-up, then exact 2-step inverse steps) (t_1, t_1, t_2, …, t_{N−1}): the
+first step x_0 → x_1 evaluates ε(x_0, t_1) and each exact step producing x_{i+1} needs
+ε(x_i, t_i); for DDIM (t_1, …, t_N). The sample passed at each step is the state ε is
+evaluated at, so a plain loop `for t in inv.timesteps: z = inv.step(model(z, t), t, z)` works.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
+
+from belm_core import Latent, Solver
+from belm_core.methods import BDIA, Method, get_method
+from belm_core.stepper import Stepper
+
+from .config import prediction_type as config_prediction_type
+from .config import schedule_from_config, solver_options, to_eps
+
+__all__ = ["BELMScheduler", "BELMInverseScheduler", "SchedulerMethod", "SCHEDULER_METHODS", "scheduler_method"]
+
+SchedulerMethod = Literal["o-belm", "bdia", "ddim"]
+SCHEDULER_METHODS = ("o-belm", "bdia", "ddim")
+
+#: methods a one-model-call-per-step scheduler refuses, and why
+REFUSED = {
+    "edict": (
+        "EDICT runs two coupled chains (x, y) and evaluates ε twice per step, at x' and at y'; a diffusers "
+        "pipeline holds one latent tensor and makes one model call per timestep. Use belm_core.Solver(method='edict')"
+    ),
+    "belm3": (
+        "the stable 3-step BELM has constant a's, so its x-space coefficients grow like the squared step ratio and "
+        "sampling diverges on grids whose steps change abruptly (h_{i+2}/h_i >> 10: 5–10-step grids on the linear "
+        "schedule, the top of the cosine schedule, the σ̄ ≈ 4096 first point of zero-terminal-SNR configs; see "
+        "belm_core.methods.BELM.stable), which a drop-in scheduler cannot rule out; and its first step from a 3-state "
+        "latent needs ε at two states. Use belm_core.Solver(method='belm3') where the grid suits it"
+    ),
+}
+
+
+def scheduler_method(method: str, gamma: float = 1.0) -> Method:
+    """The belm_core Method for a scheduler's `method` option ("o-belm", "bdia" with `gamma`, "ddim")."""
+    if not isinstance(method, str):
+        raise TypeError(f"method={method!r} must be a str, one of {list(SCHEDULER_METHODS)}")
+    key = method.strip().lower().replace("_", "-")
+    key = {"obelm": "o-belm", "belm-3": "belm3"}.get(key, key)
+    if key in REFUSED:
+        raise ValueError(f"method={method!r} is not available as a diffusers scheduler: {REFUSED[key]}")
+    if key not in SCHEDULER_METHODS:
+        raise ValueError(f"method={method!r} is not known; choose one of {list(SCHEDULER_METHODS)}")
+    if key == "bdia":
+        return BDIA(gamma)
+    return get_method(key)
+
+
+#: the config keys `backends.config` reads (schedule, grid, end, prediction type)
+_CONFIG_KEYS_READ = (
+    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "set_alpha_to_one",
+    "steps_offset", "prediction_type", "timestep_spacing", "rescale_betas_zero_snr",
+)
+
+
+@dataclass
+class BELMInverseSchedulerOutput(SchedulerOutput):
+    """`prev_sample`: the next (noisier) state x_{i+1}, in the dtype of the sample passed in."""
+
+
+class _BELMSchedulerBase(SchedulerMixin, ConfigMixin):
+    """What both directions share: config, grid, timesteps, ε conversion, returned-sample tracking."""
+
+    config_name = "scheduler_config.json"
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    #: convergence order is the method's (`method_order`); diffusers' `order` counts model calls per step
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | Sequence[float] | None = None,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon",
+        timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading",
+        rescale_betas_zero_snr: bool = False,
+        method: SchedulerMethod = "o-belm",
+        gamma: float = 1.0,
+    ):
+        self.method = scheduler_method(method, gamma)
+        self.schedule = schedule_from_config(self.config)
+        self._options = solver_options(self.config)
+        self._kind = config_prediction_type(self.config)
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps: int | None = None
+        self.timesteps = torch.from_numpy(self.schedule.timesteps(num_train_timesteps, "linspace").copy())
+        self.solver: Solver | None = None
+        self._solvers: dict = {}
+        self._begin_index: int | None = None
+        self._clear_run()
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """diffusers' `from_config`, keeping the keys `backends.config` reads even where the source
+        scheduler filled them with its own defaults.
+
+        diffusers drops such default-filled keys (`_use_default_values`) when it moves a config to
+        another class; e.g. PNDMScheduler fills `set_alpha_to_one=False` into an SDXL config that
+        lacks it. `backends.config.solver_options` (which `belm.apps` uses) reads the key as it
+        stands, so the scheduler keeps it too: both build the same grid from the same config.
+        """
+        if isinstance(config, Mapping) and config.get("_use_default_values"):
+            config = dict(config)
+            config["_use_default_values"] = [k for k in config["_use_default_values"] if k not in _CONFIG_KEYS_READ]
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    # -- diffusers' scheduler surface -------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    @property
+    def method_order(self) -> int:
+        """Convergence order of the method (2 for O-BELM, 1 for BDIA and DDIM)."""
+        return self.method.order
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    @property
+    def step_index(self) -> int | None:
+        """Steps taken since `set_timesteps` (None before the first)."""
+        return None if self._stepper is None else self._steps
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Position in `timesteps` of the first step (img2img pipelines call it); checked at the first step."""
+        if isinstance(begin_index, bool) or not isinstance(begin_index, (int, np.integer)) or begin_index < 0:
+            raise ValueError(f"begin_index={begin_index!r} must be an integer ≥ 0")
+        self._begin_index = int(begin_index)
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        """The identity: the model takes x_t itself (VP schedule, init_noise_sigma = 1)."""
+        return sample
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t = α_t x_0 + σ_t ε with α_t, σ_t of the schedule (img2img), one t per batch entry or one for all."""
+        t = np.asarray(timesteps.detach().cpu() if isinstance(timesteps, torch.Tensor) else timesteps, dtype=np.float64)
+        shape = (-1,) + (1,) * (original_samples.ndim - 1)
+        coeff = {}
+        for name, values in (("alpha", self.schedule.alpha(t)), ("sigma", self.schedule.sigma(t))):
+            coeff[name] = torch.as_tensor(np.atleast_1d(values), device=original_samples.device)
+            coeff[name] = coeff[name].to(original_samples.dtype).reshape(shape)
+        return coeff["alpha"] * original_samples + coeff["sigma"] * noise
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: Sequence[int] | None = None,
+    ) -> None:
+        """Build the grid (N steps, or explicit `timesteps`, noisiest first) and reset all history."""
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError(
+                f"give exactly one of num_inference_steps={num_inference_steps!r} and timesteps={timesteps!r}"
+            )
+        self.solver = self._solver(num_inference_steps, timesteps)
+        self.num_inference_steps = self.solver.grid.N
+        self._device = device
+        self._begin_index = None
+        self._clear_run()
+        grid = self.solver.grid
+        self._t = [None] + [grid.t(i) for i in range(1, grid.N + 1)]  # model time of grid index i
+        model_t = np.asarray(self._t[1:], dtype=np.float64)
+        self._alpha = [None] + self.schedule.alpha(model_t).tolist()
+        self._sigma = [None] + self.schedule.sigma(model_t).tolist()
+        self._set_timesteps_for(self.solver)
+
+    def _solver(self, steps: int | None, timesteps: Sequence[int] | None) -> Solver:
+        """The Solver for this grid (cached: a pipeline calls set_timesteps once per call)."""
+        if timesteps is not None:
+            t = np.asarray(timesteps.detach().cpu() if isinstance(timesteps, torch.Tensor) else timesteps)
+            key = ("timesteps", t.tobytes(), str(t.dtype))
+            make = lambda: Solver(self.schedule, method=self.method, timesteps=t, end=self._options["end"])  # noqa: E731
+        else:
+            key = ("steps", steps)
+            make = lambda: Solver(self.schedule, steps, self.method, **self._options)  # noqa: E731
+        if key not in self._solvers:
+            self._solvers = {key: make()}  # keep the latest only
+        return self._solvers[key]
+
+    def _set_timesteps_for(self, solver: Solver) -> None:
+        raise NotImplementedError
+
+    def _publish(self, times: Sequence[int]) -> None:
+        self.timesteps = torch.tensor(list(times), dtype=torch.int64, device=self._device)
+
+    # -- per-step helpers ----------------------------------------------------------------------
+    def _clear_run(self) -> None:
+        self._stepper: Stepper | None = None
+        self._held: int | None = None  # grid index of the sample the caller holds
+        self._steps = 0
+        self._returned: torch.Tensor | None = None
+        self._returned_version = -1
+        self._out_dtype: torch.dtype | None = None
+
+    def _check_step_args(self, model_output: Any, timestep: Any, sample: Any) -> int:
+        if self.solver is None:
+            raise ValueError(f"call {type(self).__name__}.set_timesteps(num_inference_steps) before step()")
+        for name, value in (("model_output", model_output), ("sample", sample)):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name} must be a torch tensor, got {type(value).__name__}")
+        if model_output.shape != sample.shape:
+            raise ValueError(
+                f"model_output has shape {tuple(model_output.shape)} but sample has {tuple(sample.shape)}; they must match"
+            )
+        return _as_time(timestep)
+
+    def _is_returned(self, sample: torch.Tensor) -> bool:
+        """`sample` is the tensor the last step returned, not edited since (identity + version counter)."""
+        return sample is self._returned and sample._version == self._returned_version
+
+    def _eps(self, model_output: torch.Tensor, x: torch.Tensor, index: int) -> torch.Tensor:
+        """ε at state x (float64) from the model output at grid index `index` (backends.config.to_eps)."""
+        out = model_output.to(device=x.device, dtype=x.dtype)
+        if self._kind == "epsilon":
+            return out
+        return to_eps(out, x, self._alpha[index], self._sigma[index], self._kind)
+
+    def _emit(self, state: torch.Tensor, sample: torch.Tensor, return_dict: bool, output=SchedulerOutput):
+        """`state` in the caller's dtype (a fresh tensor), remembered for the identity check."""
+        out = state.to(device=sample.device, dtype=sample.dtype, copy=True)
+        self._returned, self._returned_version = out, out._version
+        self._steps += 1
+        return output(prev_sample=out) if return_dict else (out,)
+
+    def _time_error(self, t: int, expected: int, index: int, what: str) -> ValueError:
+        return ValueError(
+            f"timestep={t} does not match the grid: {what} is at t={expected} (grid index {index} of "
+            f"{self.solver.grid.N}); step through scheduler.timesteps in order, or call set_timesteps to restart"
+        )
+
+
+class BELMScheduler(_BELMSchedulerBase):
+    """Sampling with O-BELM, BDIA or DDIM from any SD/SDXL scheduler config, one model call per step.
+
+    Args (the DDIM keys; unknown keys of another scheduler's config are ignored by `from_config`):
+        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+        rescale_betas_zero_snr: the training schedule ᾱ_t (`backends.config.schedule_from_config`).
+        set_alpha_to_one: the last step ends at ᾱ = 1 (True) or at ᾱ_0 (False).
+        steps_offset, timestep_spacing: the grid layout ("leading", "trailing", "linspace").
+        prediction_type: what the model predicts ("epsilon", "v_prediction", "sample").
+        method: "o-belm" (default; eq. 18, second order), "bdia" (with `gamma`) or "ddim".
+        gamma: BDIA's γ (MATH.md §6); ignored by the other methods.
+
+    Precision and the re-sync rule: see the module docstring. `set_latent(latent)` makes the
+    next run reconstruct an inverted latent exactly.
+    """
+
+    _latent: Latent | None = None  # (set by set_latent; the config-registered __init__ is the base's)
+
+    # -- exact reconstruction -------------------------------------------------------------------
+    def set_latent(self, latent: Latent | None) -> None:
+        """Reconstruct `latent` (a `belm_core.Latent`) in the next run; None clears it.
+
+        The latent stays set across `set_timesteps` calls (a pipeline calls it first) until
+        `set_latent(None)`. Its method must be this scheduler's and its grid the one
+        `set_timesteps` builds (checked there). Pass `latents=latent.states[0].to(pipe.unet.dtype)`
+        to the pipeline: the first step checks that the sample is that state, ignores the model
+        output at x_N (a 2-state latent already holds x_{N−1}: one wasted model call) and
+        returns x_{N−1}; later steps continue from the latent's float64 states. A partial
+        latent (index K < N, from an inversion stopped at K) makes `timesteps` start at t_K.
+        """
+        if latent is not None:
+            if not isinstance(latent, Latent):
+                raise TypeError(f"latent must be a belm_core.Latent or None, got {type(latent).__name__}")
+            if not isinstance(latent.states[0], torch.Tensor):
+                raise TypeError("latent.states must be torch tensors for a diffusers scheduler (got NumPy arrays)")
+            sig = self.method.signature()
+            if latent.method is not None and latent.method != sig:
+                raise ValueError(
+                    f"this Latent was made by method {latent.method!r}, but this scheduler runs {sig!r}; "
+                    f"use BELMScheduler.from_config(config, method=...) with the inverting method"
+                )
+            if len(latent.states) != self.method.k:
+                raise ValueError(f"latent.states has {len(latent.states)} state(s); {sig} needs {self.method.k}")
+        self._latent = latent
+        if self.solver is not None:
+            self._begin_index = None
+            self._clear_run()
+            self._set_timesteps_for(self.solver)
+
+    @property
+    def latent(self) -> Latent | None:
+        """The latent set with `set_latent` (None: sampling from the pipeline's latents)."""
+        return self._latent
+
+    def _set_timesteps_for(self, solver: Solver) -> None:
+        self._start = solver.grid.N
+        if self._latent is not None:
+            from belm_core.latent import check_for
+
+            try:
+                self._start = check_for(self._latent, self.method, solver.grid)
+            except ValueError as err:
+                raise ValueError(
+                    f"the latent given to set_latent() does not fit set_timesteps({solver.grid.N}) on this config: {err}"
+                ) from err
+        self._publish(self._t[self._start : 0 : -1])
+
+    # -- one step -----------------------------------------------------------------------------
+    def step(
+        self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, return_dict: bool = True
+    ) -> SchedulerOutput | tuple:
+        """x_{i−1} from the model output at (x_i, t_i), by the method's step (eq. 18 for O-BELM).
+
+        Returns `SchedulerOutput(prev_sample=x_{i−1})` (or a 1-tuple) in the dtype of `sample`.
+        """
+        t = self._check_step_args(model_output, timestep, sample)
+        if self._stepper is None:
+            self._begin(t, sample)
+        elif not self._is_returned(sample):
+            self._resync(t, sample)
+        elif self._held == 0:
+            raise ValueError(f"all {self.solver.grid.N} steps are done; call set_timesteps to start a new run")
+        elif t != self._t[self._held]:
+            raise self._time_error(t, self._t[self._held], self._held, "the next step")
+        stepper, held = self._stepper, self._held
+        x, index = stepper.need()
+        if index == held:  # ε at the state the caller holds
+            eps = self._eps(model_output, x, index)
+            if x is not stepper.state(held) or not stepper.advance(eps, owned=eps is not model_output):
+                raise RuntimeError(f"{self.method.signature()} needs more than the one model call per step")
+        # else: the carry already holds x_{held−1} (a latent's second state); the model output is unused
+        self._held = held - 1
+        return self._emit(stepper.state(held - 1), sample, return_dict)
+
+    def _index_of(self, t: int) -> int:
+        """Grid index of model time t (the sampling grid's times are distinct)."""
+        try:
+            return self._t.index(t, 1)
+        except ValueError:
+            raise ValueError(
+                f"timestep={t} is not on this scheduler's grid {self._t[:0:-1]}; pass one of scheduler.timesteps"
+            ) from None
+
+    def _begin(self, t: int, sample: torch.Tensor) -> None:
+        """The first step of a run: from the set latent, or from the sample at t's grid position."""
+        expected = self._start
+        if self._begin_index is not None:
+            if self._begin_index >= len(self.timesteps):
+                raise ValueError(f"begin_index={self._begin_index} is past the {len(self.timesteps)} timesteps")
+            expected = self._start - self._begin_index
+        if self._latent is not None:
+            if t != self._t[expected] or expected != self._start:
+                raise self._time_error(t, self._t[self._start], self._start, "the latent's first state")
+            first = self._latent.states[0]
+            if not torch.equal(sample, first.to(device=sample.device, dtype=sample.dtype)):
+                raise ValueError(
+                    "the sample at the first step is not the latent's first state: pass "
+                    "latents=latent.states[0].to(pipe.unet.dtype) to the pipeline (same latent as set_latent), "
+                    "or call scheduler.set_latent(None) to sample from other latents"
+                )
+            states = tuple(s.to(sample.device) for s in self._latent.states)
+            self._stepper = Stepper.from_latent(self.solver, self._latent.replace(states=states))
+            self._held = self._start
+            return
+        index = self._index_of(t)
+        if self._begin_index is not None and index != expected:
+            raise self._time_error(t, self._t[expected], expected, f"timesteps[begin_index={self._begin_index}]")
+        self._stepper = Stepper.sampling(self.solver, sample, index)
+        self._held = index
+
+    def _resync(self, t: int, sample: torch.Tensor) -> None:
+        """The caller changed the sample: a fresh history from it at t's grid position (module docstring)."""
+        self._stepper = Stepper.sampling(self.solver, sample, self._index_of(t))
+        self._held = self._stepper.head[0]
+
+
+class BELMInverseScheduler(_BELMSchedulerBase):
+    """Exact inversion x_0 → Latent, one model call per step (same config and options as `BELMScheduler`).
+
+    Manual loop (as for DDIMInverseScheduler), or as `pipe.scheduler` for one pipeline call
+    (then the pipeline's own classifier-free guidance gives ε, the same bits as when sampling):
+
+        inv.set_timesteps(N)
+        for t in inv.timesteps:
+            z = inv.step(unet(z, t, ...).sample, t, z).prev_sample
+        latent = inv.latent
+
+    `timesteps` lists the model time of each step's ε (module docstring: (t_1, t_1, t_2, …,
+    t_{N−1}) for O-BELM and BDIA). `prev_sample` is x_{i+1}; `latent` is the `Latent` at the
+    last completed step (stopping the loop early at grid index K ≥ 1 gives a partial latent,
+    which `BELMScheduler.set_latent` samples from t_K). The sample passed to each step must be
+    the one the previous step returned: an inversion cannot re-sync from an edited state.
+    """
+
+    def _set_timesteps_for(self, solver: Solver) -> None:
+        self._publish(self._t[i] for i in _inversion_indices(solver))
+
+    def step(
+        self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, return_dict: bool = True
+    ) -> BELMInverseSchedulerOutput | tuple:
+        """x_{i+1} from the model output at the state the inversion needs (eq. 19 for O-BELM)."""
+        t = self._check_step_args(model_output, timestep, sample)
+        if self._stepper is None:
+            self._stepper, self._held = Stepper.inversion(self.solver, sample), 0
+            self._out_dtype = sample.dtype
+        elif not self._is_returned(sample):
+            raise ValueError(
+                "the sample passed to BELMInverseScheduler.step is not the one the previous step returned (or it was "
+                "edited in place); exact inversion continues only from its own states: do not change the latents "
+                "during an inversion, or call set_timesteps to start again"
+            )
+        stepper, held = self._stepper, self._held
+        if stepper.done:
+            raise ValueError(f"the inversion is complete ({self.solver.grid.N} steps); read .latent or call set_timesteps")
+        x, index = stepper.need()
+        if t != self._t[index]:
+            raise self._time_error(t, self._t[index], index, "the next inversion step's ε")
+        eps = self._eps(model_output, x, index)
+        if x is not stepper.state(held) or not stepper.advance(eps, owned=eps is not model_output):
+            raise RuntimeError(f"{self.method.signature()} needs ε away from the state the pipeline holds")
+        self._held = held + 1
+        return self._emit(stepper.state(held + 1), sample, return_dict, BELMInverseSchedulerOutput)
+
+    @property
+    def latent(self) -> Latent:
+        """The inverted `Latent` (float64 states, noisiest first; dtype = the samples' dtype)."""
+        if self._stepper is None:
+            raise ValueError("no inversion has run: call set_timesteps and step through timesteps first")
+        latent = self._stepper.latent()
+        return latent.replace(dtype=str(self._out_dtype).replace("torch.", ""))
+
+
+def _inversion_indices(solver: Solver) -> list[int]:
+    """Grid index of the model time of each inversion step's ε, from a dry run of the method on one number."""
+    stepper = Stepper.inversion(solver, torch.zeros(1, dtype=torch.float64))
+    indices = []
+    while not stepper.done:
+        _, index = stepper.need()
+        indices.append(index)
+        stepper.advance(torch.zeros(1, dtype=torch.float64))
+    return indices
+
+
+def _as_time(timestep: Any) -> int:
+    """A timestep (int, float or a tensor of equal entries) as an int."""
+    if isinstance(timestep, torch.Tensor) and timestep.ndim == 0:
+        timestep = timestep.item()
+    elif isinstance(timestep, torch.Tensor):
+        if timestep.numel() == 0:
+            raise ValueError("timestep is an empty tensor")
+        flat = timestep.detach().reshape(-1)
+        if flat.numel() > 1 and not bool((flat == flat[0]).all()):
+            raise ValueError(f"timestep={timestep.tolist()} has different entries; one step takes one timestep")
+        timestep = flat[0].item()
+    if isinstance(timestep, bool) or not isinstance(timestep, (int, float, np.integer, np.floating)):
+        raise TypeError(f"timestep={timestep!r} must be an int or a tensor, got {type(timestep).__name__}")
+    if float(timestep) != round(float(timestep)):
+        raise ValueError(f"timestep={timestep!r} must be an integer training timestep")
+    return int(round(float(timestep)))
