@@ -2,9 +2,11 @@
 
 One place reads a diffusers `scheduler_config` (DDIM, PNDM, Euler, DPM-Solver, UniPC, …):
 
-    schedule_from_config(config)   → DiscreteVP with the ᾱ_t diffusers computes
+    schedule_from_config(config)   → DiscreteVP with the ᾱ_t diffusers computes, or
+                                     FlowMatch for a FlowMatchEulerDiscreteScheduler config
     solver_options(config)         → {"spacing": …, "end": …} for `belm_core.Solver`
-    prediction_type(config)        → "epsilon" | "v_prediction" | "sample"
+                                     ({"prediction": "velocity"} for a flow)
+    prediction_type(config)        → "epsilon" | "v_prediction" | "sample" | "velocity" (flow)
     to_eps(output, x, α, σ, kind)  → ε from the model's native output
 
 Every adapter (UNetEps, the drop-in schedulers, the applications) builds its grid and
@@ -18,11 +20,11 @@ from typing import Any, Literal, Mapping
 
 import numpy as np
 
-from belm_core.schedules import DiscreteVP
+from belm_core.schedules import DiscreteVP, FlowMatch
 
 __all__ = [
-    "PredictionType", "PREDICTION_TYPES", "ZERO_SNR_ALPHA_BAR",
-    "schedule_from_config", "solver_options", "prediction_type", "to_eps", "rescale_zero_terminal_snr",
+    "PredictionType", "PREDICTION_TYPES", "ZERO_SNR_ALPHA_BAR", "FLOW_OPTIONS_UNSUPPORTED",
+    "is_flow_config", "flow_schedule_from_config", "schedule_from_config", "solver_options", "prediction_type", "to_eps", "rescale_zero_terminal_snr",
 ]
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
@@ -43,8 +45,44 @@ def rescale_zero_terminal_snr(alphas_cumprod: np.ndarray) -> np.ndarray:
     return ((root - last) * first / (first - last)) ** 2
 
 
-def schedule_from_config(config: Mapping[str, Any], *, precision: Literal["float32", "float64"] = "float32") -> DiscreteVP:
-    """The `DiscreteVP` a diffusers scheduler config describes.
+#: FlowMatchEulerDiscreteScheduler options that change the grid or the update in ways belm
+#: does not reproduce (refused with a clear error rather than silently ignored)
+FLOW_OPTIONS_UNSUPPORTED = (
+    "shift_terminal", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas",
+    "stochastic_sampling",
+)
+
+
+def is_flow_config(config: Mapping[str, Any]) -> bool:
+    """True for a rectified-flow scheduler config (FlowMatchEulerDiscreteScheduler and kin)."""
+    name = str(config.get("_class_name", "") or "")
+    return name.startswith("FlowMatch") or ("shift" in config and "beta_schedule" not in config)
+
+
+def flow_schedule_from_config(config: Mapping[str, Any]) -> FlowMatch:
+    """The `FlowMatch` a FlowMatchEulerDiscreteScheduler config describes (SD3: shift = 3;
+    Flux: use_dynamic_shifting with base/max shift and image sequence lengths)."""
+    used = sorted(k for k in FLOW_OPTIONS_UNSUPPORTED if config.get(k))
+    if used:
+        raise ValueError(
+            f"scheduler config sets {used}; belm's FlowMatch reproduces diffusers' default, shifted and "
+            "dynamically shifted grids only"
+        )
+    defaults = {"base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}
+    return FlowMatch(
+        shift=float(config.get("shift", 1.0) or 1.0),
+        num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
+        use_dynamic_shifting=bool(config.get("use_dynamic_shifting", False)),
+        time_shift_type=config.get("time_shift_type", "exponential") or "exponential",
+        **{k: (config.get(k) if config.get(k) is not None else v) for k, v in defaults.items()},
+    )
+
+
+def schedule_from_config(
+    config: Mapping[str, Any], *, precision: Literal["float32", "float64"] = "float32"
+) -> DiscreteVP | FlowMatch:
+    """The `DiscreteVP` a diffusers scheduler config describes (a `FlowMatch` for a flow
+    config: see `flow_schedule_from_config`).
 
     Reads num_train_timesteps, beta_start, beta_end, beta_schedule ("linear",
     "scaled_linear", "squaredcos_cap_v2"), trained_betas, steps_offset and
@@ -63,6 +101,8 @@ def schedule_from_config(config: Mapping[str, Any], *, precision: Literal["float
     """
     if precision not in ("float32", "float64"):
         raise ValueError(f"precision={precision!r} must be 'float32' or 'float64'")
+    if is_flow_config(config):
+        return flow_schedule_from_config(config)
     T = int(config.get("num_train_timesteps", 1000))
     options = {"dtype": precision, "steps_offset": int(config.get("steps_offset", 0) or 0)}
     schedule = _beta_schedule(config, T, options)
@@ -97,7 +137,11 @@ def solver_options(config: Mapping[str, Any]) -> dict[str, Any]:
     spacing: `timestep_spacing` (diffusers' default "leading" when absent).
     end: "t_min" when `set_alpha_to_one` is False (the last step ends at ᾱ_0, as
     DDIMScheduler does), "clean" when it is True or absent (ᾱ = 1).
+    A flow config fixes only the prediction ("velocity"): its grid comes from
+    `FlowMatch.timesteps(steps, mu=, sigmas=)` and always ends at the clean state.
     """
+    if is_flow_config(config):
+        return {"prediction": "velocity"}
     spacing = config.get("timestep_spacing", "leading") or "leading"
     if spacing not in DiscreteVP.spacings:
         raise ValueError(
@@ -108,7 +152,9 @@ def solver_options(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def prediction_type(config: Mapping[str, Any]) -> str:
-    """The config's `prediction_type` (default "epsilon"), checked."""
+    """The config's `prediction_type` (default "epsilon"), checked; "velocity" for a flow config."""
+    if is_flow_config(config):
+        return "velocity"
     kind = config.get("prediction_type", "epsilon") or "epsilon"
     if kind not in PREDICTION_TYPES:
         raise ValueError(

@@ -47,3 +47,24 @@ def test_to_eps_inverts_the_forward_parametrisations():
     np.testing.assert_allclose(to_eps(eps, x, alpha, sigma, "epsilon"), eps)
     np.testing.assert_allclose(to_eps(alpha * eps - sigma * x0, x, alpha, sigma, "v_prediction"), eps, atol=1e-14)
     np.testing.assert_allclose(to_eps(x0, x, alpha, sigma, "sample"), eps, atol=1e-14)
+
+
+def test_flow_configs_give_flowmatch_with_diffusers_grids():
+    from backends.config import flow_schedule_from_config
+
+    sd3 = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sched = schedule_from_config(dict(sd3.config))
+    assert type(sched).__name__ == "FlowMatch" and sched.shift == 3.0
+    assert solver_options(dict(sd3.config)) == {"prediction": "velocity"}
+    assert prediction_type(dict(sd3.config)) == "velocity"
+    sd3.set_timesteps(10)
+    np.testing.assert_array_equal(sched.timesteps(10), sd3.timesteps.double().numpy())
+    flux = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                                                     max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+    fsched = flow_schedule_from_config(dict(flux.config))
+    mu = fsched.mu_for(16)
+    sigmas = np.linspace(1.0, 1 / 6, 6)
+    flux.set_timesteps(sigmas=sigmas, mu=mu)
+    np.testing.assert_array_equal(fsched.timesteps(sigmas=sigmas, mu=mu), flux.timesteps.double().numpy())
+    with pytest.raises(ValueError, match="use_karras_sigmas"):
+        schedule_from_config({**dict(sd3.config), "use_karras_sigmas": True})
