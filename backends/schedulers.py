@@ -1,9 +1,13 @@
-"""Drop-in diffusers schedulers: `BELMScheduler` (sampling) and `BELMInverseScheduler` (inversion).
+"""Drop-in diffusers schedulers with exact inversion, one model call per step.
+
+VP models (SD 1.x/2.x, SDXL: ε, v or x_0 prediction):  `BELMScheduler`, `BELMInverseScheduler`.
+Rectified flows (SD3, Flux: velocity prediction):     `BELMFlowScheduler`, `BELMFlowInverseScheduler`.
 
     pipe.scheduler = BELMScheduler.from_config(pipe.scheduler.config)           # O-BELM sampling
     image = pipe(prompt, num_inference_steps=20).images[0]
 
-Exact reconstruction through the pipeline's own loop and classifier-free guidance:
+Exact reconstruction through the pipeline's own loop and guidance (the same for a flow
+pipeline with the Flow classes, `latents` then in the pipeline's format, packed for Flux):
 
     pipe.scheduler = BELMInverseScheduler.from_config(cfg, method="o-belm")
     pipe(prompt, latents=z0, num_inference_steps=N, guidance_scale=g, output_type="latent")
@@ -13,43 +17,57 @@ Exact reconstruction through the pipeline's own loop and classifier-free guidanc
     z0_again = pipe(prompt, latents=latent.states[0].to(pipe.unet.dtype), num_inference_steps=N,
                     guidance_scale=g, output_type="latent").images                 # == z0 (MSE ~1e-30)
 
-The math lives in `belm_core`: the grid is `Solver(schedule_from_config(config), N, method,
-**solver_options(config))` (the same reading of the config as `backends.config` gives every
-adapter), and each `step` hands the pipeline's one model output to a `belm_core.stepper.Stepper`,
-which runs the method's own step (coefficients, eq. 18 recurrence, start-up) from its explicit
-carry. These classes only adapt the step protocol.
+The math lives in `belm_core`: the grid is a `Solver` built from the config the way
+`backends.config` reads it for every adapter (`schedule_from_config`, `solver_options`), and
+each `step` hands the pipeline's one model output to a `belm_core.stepper.Stepper`, which runs
+the method's own step (coefficients, eq. 18 recurrence, start-up) from its explicit carry.
+These classes only adapt the step protocol. One design serves both families: the machinery
+(grid installation, step checks, the re-sync rule, the two directions) is shared; a family
+adds its config keys, `set_timesteps` signature, timestep type and noising formula.
 
-**Grid.** N = num_inference_steps, laid out by `timestep_spacing` and `steps_offset`; the last
+**VP grid.** N = num_inference_steps, laid out by `timestep_spacing` and `steps_offset`; the last
 step ends at ᾱ = 1 (`set_alpha_to_one` True or absent) or at ᾱ_0 (`set_alpha_to_one=False`, as
 DDIMScheduler). In the latter case, when the last timestep already is 0 (e.g. "leading" spacing
 with steps_offset=0) that zero-length final step is dropped (`belm_core.grid.make_grid`):
 `timesteps` then has N − 1 entries and the pipeline makes N − 1 model calls. Pipelines loop over
 `scheduler.timesteps`, so they run unchanged; img2img's `strength` counts steps of N.
+Timesteps are int64 training timesteps.
+
+**Flow grid.** `FlowMatch.timesteps(N, mu=, sigmas=)`: the model times t = T·σ that diffusers'
+`FlowMatchEulerDiscreteScheduler.set_timesteps(N, sigmas=, mu=)` makes (float32, σ = 1 first),
+or explicit `timesteps=` used as given (σ = t/T). The recurrence runs in the flow's own
+coordinates (x, σ) with the velocity v = dx/dσ as model output (`prediction="velocity"`,
+MATH.md §11), so both sampling from pure noise and inversion up to σ = 1 are regular. `sigmas`
+exposes the grid's σ_N … σ_1 and the appended 0 (float32), as diffusers does.
 
 **Precision.** The scheduler keeps its own float64 copy of the states; `prev_sample` is
-returned in the dtype of `sample`. The model output is converted to ε in float64 with
-`backends.config.to_eps` at the float64 state.
+returned in the dtype of `sample`. The model output is converted to the solver's f in float64
+(ε with `backends.config.to_eps` at the float64 state; a flow's velocity as it is).
 
-**Re-sync rule (BELMScheduler).** When the `sample` passed to `step` is the very tensor the
-previous `step` returned, unmodified (same object, same `torch` version counter), the
+**Re-sync rule (sampling schedulers).** When the `sample` passed to `step` is the very tensor
+the previous `step` returned, unmodified (same object, same `torch` version counter), the
 scheduler continues from its float64 states. Otherwise (a `callback_on_step_end` replaced or
 edited the latents, or img2img starts mid-grid) it starts a fresh history from the new
 sample at the grid position of `timestep`: a DDIM step first, then the method (the start-up
 of a lone x_N). The float64 states of the old history are dropped; the result equals a fresh
 run started from the edited latents.
 
-**Inverse timesteps.** `BELMInverseScheduler.timesteps` are the model times at which each
-inversion step needs ε, found by a dry run of the method's inversion: for O-BELM and BDIA
-(DDIM-inversion start-up, then exact 2-step inverse steps) (t_1, t_1, t_2, …, t_{N−1}): the
-first step x_0 → x_1 evaluates ε(x_0, t_1) and each exact step producing x_{i+1} needs
-ε(x_i, t_i); for DDIM (t_1, …, t_N). The sample passed at each step is the state ε is
-evaluated at, so a plain loop `for t in inv.timesteps: z = inv.step(model(z, t), t, z)` works.
+**Inverse timesteps.** An inverse scheduler's `timesteps` are the model times at which each
+inversion step needs the model, found by a dry run of the method's inversion: for O-BELM and
+BDIA (DDIM-inversion start-up, then exact 2-step inverse steps) (t_1, t_1, t_2, …, t_{N−1}):
+the first step x_0 → x_1 evaluates the model at (x_0, t_1) and each exact step producing
+x_{i+1} needs it at (x_i, t_i); for DDIM (t_1, …, t_N). The sample passed at each step is the
+state the model is evaluated at, so a plain loop `for t in inv.timesteps: z = inv.step(model(z, t), t, z)`
+works. `set_timesteps` takes the arguments a pipeline passes for sampling (N; for flows also
+`sigmas=` and `mu=`, as Flux's pipeline always passes them): it builds that same sampling grid
+and publishes the inversion's evaluation times on it, so the latent fits the sampling run that
+the same call builds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -60,10 +78,14 @@ from belm_core import Latent, Solver
 from belm_core.methods import BDIA, Method, get_method
 from belm_core.stepper import Stepper
 
+from .config import FLOW_OPTIONS_UNSUPPORTED, flow_schedule_from_config, is_flow_config
 from .config import prediction_type as config_prediction_type
 from .config import schedule_from_config, solver_options, to_eps
 
-__all__ = ["BELMScheduler", "BELMInverseScheduler", "SchedulerMethod", "SCHEDULER_METHODS", "scheduler_method"]
+__all__ = [
+    "BELMScheduler", "BELMInverseScheduler", "BELMFlowScheduler", "BELMFlowInverseScheduler",
+    "SchedulerMethod", "SCHEDULER_METHODS", "scheduler_method",
+]
 
 SchedulerMethod = Literal["o-belm", "bdia", "ddim"]
 SCHEDULER_METHODS = ("o-belm", "bdia", "ddim")
@@ -99,67 +121,62 @@ def scheduler_method(method: str, gamma: float = 1.0) -> Method:
     return get_method(key)
 
 
-#: the config keys `backends.config` reads (schedule, grid, end, prediction type)
-_CONFIG_KEYS_READ = (
-    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "set_alpha_to_one",
-    "steps_offset", "prediction_type", "timestep_spacing", "rescale_betas_zero_snr",
-)
-
-
 @dataclass
 class BELMInverseSchedulerOutput(SchedulerOutput):
     """`prev_sample`: the next (noisier) state x_{i+1}, in the dtype of the sample passed in."""
 
 
-class _BELMSchedulerBase(SchedulerMixin, ConfigMixin):
-    """What both directions share: config, grid, timesteps, ε conversion, returned-sample tracking."""
+class _SchedulerCore(SchedulerMixin, ConfigMixin):
+    """The machinery every BELM scheduler shares: grid installation, diffusers' surface, step checks,
+    model output → the solver's f, returned-sample tracking.
+
+    A schedule family (`_VPFamily`, `_FlowFamily`) supplies the registered config, `set_timesteps`,
+    `_as_time` (timestep → model time) and `_timestep_dtype`; a direction (`_Sampling`,
+    `_Inversion`) supplies `step` and `_set_timesteps_for`.
+    """
 
     config_name = "scheduler_config.json"
-    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
     #: convergence order is the method's (`method_order`); diffusers' `order` counts model calls per step
     order = 1
+    #: dtype of the published `timesteps`
+    _timestep_dtype: torch.dtype = torch.int64
+    #: the config keys `backends.config` reads (kept by `from_config`, see there)
+    _config_keys_read: tuple[str, ...] = ()
 
-    @register_to_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: str = "linear",
-        trained_betas: np.ndarray | Sequence[float] | None = None,
-        set_alpha_to_one: bool = True,
-        steps_offset: int = 0,
-        prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon",
-        timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading",
-        rescale_betas_zero_snr: bool = False,
-        method: SchedulerMethod = "o-belm",
-        gamma: float = 1.0,
-    ):
+    def _setup(self, method: str, gamma: float) -> None:
+        """Common construction from `self.config` (called by the family's registered __init__)."""
         self.method = scheduler_method(method, gamma)
         self.schedule = schedule_from_config(self.config)
         self._options = solver_options(self.config)
         self._kind = config_prediction_type(self.config)
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
-        self.timesteps = torch.from_numpy(self.schedule.timesteps(num_train_timesteps, "linspace").copy())
         self.solver: Solver | None = None
         self._solvers: dict = {}
+        self._device: str | torch.device | None = None
         self._begin_index: int | None = None
         self._clear_run()
 
     @classmethod
+    def _check_family(cls, config: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """diffusers' `from_config`, keeping the keys `backends.config` reads even where the source
-        scheduler filled them with its own defaults.
+        """diffusers' `from_config`, refusing the other family's config and keeping the keys
+        `backends.config` reads even where the source scheduler filled them with its own defaults.
 
         diffusers drops such default-filled keys (`_use_default_values`) when it moves a config to
         another class; e.g. PNDMScheduler fills `set_alpha_to_one=False` into an SDXL config that
         lacks it. `backends.config.solver_options` (which `belm.apps` uses) reads the key as it
         stands, so the scheduler keeps it too: both build the same grid from the same config.
         """
-        if isinstance(config, Mapping) and config.get("_use_default_values"):
-            config = dict(config)
-            config["_use_default_values"] = [k for k in config["_use_default_values"] if k not in _CONFIG_KEYS_READ]
+        if isinstance(config, Mapping):
+            cls._check_family(config)
+            if config.get("_use_default_values"):
+                config = dict(config)
+                keep = cls._config_keys_read
+                config["_use_default_values"] = [k for k in config["_use_default_values"] if k not in keep]
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # -- diffusers' scheduler surface -------------------------------------------------------------
@@ -181,66 +198,45 @@ class _BELMSchedulerBase(SchedulerMixin, ConfigMixin):
         return None if self._stepper is None else self._steps
 
     def set_begin_index(self, begin_index: int = 0) -> None:
-        """Position in `timesteps` of the first step (img2img pipelines call it); checked at the first step."""
+        """Position in `timesteps` of the first step (img2img and Flux pipelines call it); checked at the first step."""
         if isinstance(begin_index, bool) or not isinstance(begin_index, (int, np.integer)) or begin_index < 0:
             raise ValueError(f"begin_index={begin_index!r} must be an integer ≥ 0")
         self._begin_index = int(begin_index)
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
-        """The identity: the model takes x_t itself (VP schedule, init_noise_sigma = 1)."""
+        """The identity: the model takes x_t itself (init_noise_sigma = 1)."""
         return sample
 
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x_t = α_t x_0 + σ_t ε with α_t, σ_t of the schedule (img2img), one t per batch entry or one for all."""
-        t = np.asarray(timesteps.detach().cpu() if isinstance(timesteps, torch.Tensor) else timesteps, dtype=np.float64)
-        shape = (-1,) + (1,) * (original_samples.ndim - 1)
-        coeff = {}
-        for name, values in (("alpha", self.schedule.alpha(t)), ("sigma", self.schedule.sigma(t))):
-            coeff[name] = torch.as_tensor(np.atleast_1d(values), device=original_samples.device)
-            coeff[name] = coeff[name].to(original_samples.dtype).reshape(shape)
-        return coeff["alpha"] * original_samples + coeff["sigma"] * noise
-
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: str | torch.device | None = None,
-        timesteps: Sequence[int] | None = None,
-    ) -> None:
-        """Build the grid (N steps, or explicit `timesteps`, noisiest first) and reset all history."""
-        if (num_inference_steps is None) == (timesteps is None):
-            raise ValueError(
-                f"give exactly one of num_inference_steps={num_inference_steps!r} and timesteps={timesteps!r}"
-            )
-        self.solver = self._solver(num_inference_steps, timesteps)
-        self.num_inference_steps = self.solver.grid.N
-        self._device = device
-        self._begin_index = None
-        self._clear_run()
-        grid = self.solver.grid
-        self._t = [None] + [grid.t(i) for i in range(1, grid.N + 1)]  # model time of grid index i
-        model_t = np.asarray(self._t[1:], dtype=np.float64)
-        self._alpha = [None] + self.schedule.alpha(model_t).tolist()
-        self._sigma = [None] + self.schedule.sigma(model_t).tolist()
-        self._set_timesteps_for(self.solver)
-
-    def _solver(self, steps: int | None, timesteps: Sequence[int] | None) -> Solver:
+    # -- the grid -----------------------------------------------------------------------------------
+    def _cached_solver(self, key: tuple, make: Callable[[], Solver]) -> Solver:
         """The Solver for this grid (cached: a pipeline calls set_timesteps once per call)."""
-        if timesteps is not None:
-            t = np.asarray(timesteps.detach().cpu() if isinstance(timesteps, torch.Tensor) else timesteps)
-            key = ("timesteps", t.tobytes(), str(t.dtype))
-            make = lambda: Solver(self.schedule, method=self.method, timesteps=t, end=self._options["end"])  # noqa: E731
-        else:
-            key = ("steps", steps)
-            make = lambda: Solver(self.schedule, steps, self.method, **self._options)  # noqa: E731
         if key not in self._solvers:
             self._solvers = {key: make()}  # keep the latest only
         return self._solvers[key]
 
+    def _install(self, solver: Solver, device: str | torch.device | None) -> None:
+        """Make `solver` the grid of the next run: reset all history and publish `timesteps`."""
+        self.solver = solver
+        self.num_inference_steps = solver.grid.N
+        self._device = device
+        self._begin_index = None
+        self._clear_run()
+        grid = solver.grid
+        self._t = [None] + [grid.t(i) for i in range(1, grid.N + 1)]  # model time of grid index i
+        model_t = np.asarray(self._t[1:], dtype=np.float64)
+        self._alpha = [None] + self.schedule.alpha(model_t).tolist()
+        self._sigma = [None] + self.schedule.sigma(model_t).tolist()
+        self._set_timesteps_for(solver)
+
     def _set_timesteps_for(self, solver: Solver) -> None:
         raise NotImplementedError
 
-    def _publish(self, times: Sequence[int]) -> None:
-        self.timesteps = torch.tensor(list(times), dtype=torch.int64, device=self._device)
+    def _publish(self, times) -> None:
+        self.timesteps = torch.tensor(list(times), dtype=self._timestep_dtype, device=self._device)
+
+    @staticmethod
+    def _as_time(timestep: Any):
+        raise NotImplementedError
 
     # -- per-step helpers ----------------------------------------------------------------------
     def _clear_run(self) -> None:
@@ -251,7 +247,7 @@ class _BELMSchedulerBase(SchedulerMixin, ConfigMixin):
         self._returned_version = -1
         self._out_dtype: torch.dtype | None = None
 
-    def _check_step_args(self, model_output: Any, timestep: Any, sample: Any) -> int:
+    def _check_step_args(self, model_output: Any, timestep: Any, sample: Any):
         if self.solver is None:
             raise ValueError(f"call {type(self).__name__}.set_timesteps(num_inference_steps) before step()")
         for name, value in (("model_output", model_output), ("sample", sample)):
@@ -261,16 +257,17 @@ class _BELMSchedulerBase(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"model_output has shape {tuple(model_output.shape)} but sample has {tuple(sample.shape)}; they must match"
             )
-        return _as_time(timestep)
+        return self._as_time(timestep)
 
     def _is_returned(self, sample: torch.Tensor) -> bool:
         """`sample` is the tensor the last step returned, not edited since (identity + version counter)."""
         return sample is self._returned and sample._version == self._returned_version
 
-    def _eps(self, model_output: torch.Tensor, x: torch.Tensor, index: int) -> torch.Tensor:
-        """ε at state x (float64) from the model output at grid index `index` (backends.config.to_eps)."""
+    def _model_f(self, model_output: torch.Tensor, x: torch.Tensor, index: int) -> torch.Tensor:
+        """The solver's f at state x (float64) from the model output at grid index `index`:
+        ε (converted with backends.config.to_eps) or, for a flow, the velocity as it is."""
         out = model_output.to(device=x.device, dtype=x.dtype)
-        if self._kind == "epsilon":
+        if self._kind in ("epsilon", "velocity"):
             return out
         return to_eps(out, x, self._alpha[index], self._sigma[index], self._kind)
 
@@ -281,30 +278,17 @@ class _BELMSchedulerBase(SchedulerMixin, ConfigMixin):
         self._steps += 1
         return output(prev_sample=out) if return_dict else (out,)
 
-    def _time_error(self, t: int, expected: int, index: int, what: str) -> ValueError:
+    def _time_error(self, t, expected, index: int, what: str) -> ValueError:
         return ValueError(
             f"timestep={t} does not match the grid: {what} is at t={expected} (grid index {index} of "
             f"{self.solver.grid.N}); step through scheduler.timesteps in order, or call set_timesteps to restart"
         )
 
 
-class BELMScheduler(_BELMSchedulerBase):
-    """Sampling with O-BELM, BDIA or DDIM from any SD/SDXL scheduler config, one model call per step.
+class _Sampling(_SchedulerCore):
+    """Sampling x_N → x_0, one model call per step, optionally from a `set_latent` Latent."""
 
-    Args (the DDIM keys; unknown keys of another scheduler's config are ignored by `from_config`):
-        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-        rescale_betas_zero_snr: the training schedule ᾱ_t (`backends.config.schedule_from_config`).
-        set_alpha_to_one: the last step ends at ᾱ = 1 (True) or at ᾱ_0 (False).
-        steps_offset, timestep_spacing: the grid layout ("leading", "trailing", "linspace").
-        prediction_type: what the model predicts ("epsilon", "v_prediction", "sample").
-        method: "o-belm" (default; eq. 18, second order), "bdia" (with `gamma`) or "ddim".
-        gamma: BDIA's γ (MATH.md §6); ignored by the other methods.
-
-    Precision and the re-sync rule: see the module docstring. `set_latent(latent)` makes the
-    next run reconstruct an inverted latent exactly.
-    """
-
-    _latent: Latent | None = None  # (set by set_latent; the config-registered __init__ is the base's)
+    _latent: Latent | None = None  # (set by set_latent; the config-registered __init__ is the family's)
 
     # -- exact reconstruction -------------------------------------------------------------------
     def set_latent(self, latent: Latent | None) -> None:
@@ -312,7 +296,7 @@ class BELMScheduler(_BELMSchedulerBase):
 
         The latent stays set across `set_timesteps` calls (a pipeline calls it first) until
         `set_latent(None)`. Its method must be this scheduler's and its grid the one
-        `set_timesteps` builds (checked there). Pass `latents=latent.states[0].to(pipe.unet.dtype)`
+        `set_timesteps` builds (checked there). Pass `latents=latent.states[0].to(model dtype)`
         to the pipeline: the first step checks that the sample is that state, ignores the model
         output at x_N (a 2-state latent already holds x_{N−1}: one wasted model call) and
         returns x_{N−1}; later steps continue from the latent's float64 states. A partial
@@ -327,7 +311,7 @@ class BELMScheduler(_BELMSchedulerBase):
             if latent.method is not None and latent.method != sig:
                 raise ValueError(
                     f"this Latent was made by method {latent.method!r}, but this scheduler runs {sig!r}; "
-                    f"use BELMScheduler.from_config(config, method=...) with the inverting method"
+                    f"use {type(self).__name__}.from_config(config, method=...) with the inverting method"
                 )
             if len(latent.states) != self.method.k:
                 raise ValueError(f"latent.states has {len(latent.states)} state(s); {sig} needs {self.method.k}")
@@ -357,7 +341,7 @@ class BELMScheduler(_BELMSchedulerBase):
 
     # -- one step -----------------------------------------------------------------------------
     def step(
-        self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, return_dict: bool = True
+        self, model_output: torch.Tensor, timestep: int | float | torch.Tensor, sample: torch.Tensor, return_dict: bool = True
     ) -> SchedulerOutput | tuple:
         """x_{i−1} from the model output at (x_i, t_i), by the method's step (eq. 18 for O-BELM).
 
@@ -374,15 +358,15 @@ class BELMScheduler(_BELMSchedulerBase):
             raise self._time_error(t, self._t[self._held], self._held, "the next step")
         stepper, held = self._stepper, self._held
         x, index = stepper.need()
-        if index == held:  # ε at the state the caller holds
-            eps = self._eps(model_output, x, index)
-            if x is not stepper.state(held) or not stepper.advance(eps, owned=eps is not model_output):
+        if index == held:  # the model output at the state the caller holds
+            f = self._model_f(model_output, x, index)
+            if x is not stepper.state(held) or not stepper.advance(f, owned=f is not model_output):
                 raise RuntimeError(f"{self.method.signature()} needs more than the one model call per step")
         # else: the carry already holds x_{held−1} (a latent's second state); the model output is unused
         self._held = held - 1
         return self._emit(stepper.state(held - 1), sample, return_dict)
 
-    def _index_of(self, t: int) -> int:
+    def _index_of(self, t) -> int:
         """Grid index of model time t (the sampling grid's times are distinct)."""
         try:
             return self._t.index(t, 1)
@@ -391,7 +375,7 @@ class BELMScheduler(_BELMSchedulerBase):
                 f"timestep={t} is not on this scheduler's grid {self._t[:0:-1]}; pass one of scheduler.timesteps"
             ) from None
 
-    def _begin(self, t: int, sample: torch.Tensor) -> None:
+    def _begin(self, t, sample: torch.Tensor) -> None:
         """The first step of a run: from the set latent, or from the sample at t's grid position."""
         expected = self._start
         if self._begin_index is not None:
@@ -405,7 +389,7 @@ class BELMScheduler(_BELMSchedulerBase):
             if not torch.equal(sample, first.to(device=sample.device, dtype=sample.dtype)):
                 raise ValueError(
                     "the sample at the first step is not the latent's first state: pass "
-                    "latents=latent.states[0].to(pipe.unet.dtype) to the pipeline (same latent as set_latent), "
+                    "latents=latent.states[0].to(<the model's dtype>) to the pipeline (same latent as set_latent), "
                     "or call scheduler.set_latent(None) to sample from other latents"
                 )
             states = tuple(s.to(sample.device) for s in self._latent.states)
@@ -418,13 +402,266 @@ class BELMScheduler(_BELMSchedulerBase):
         self._stepper = Stepper.sampling(self.solver, sample, index)
         self._held = index
 
-    def _resync(self, t: int, sample: torch.Tensor) -> None:
+    def _resync(self, t, sample: torch.Tensor) -> None:
         """The caller changed the sample: a fresh history from it at t's grid position (module docstring)."""
         self._stepper = Stepper.sampling(self.solver, sample, self._index_of(t))
         self._held = self._stepper.head[0]
 
 
-class BELMInverseScheduler(_BELMSchedulerBase):
+class _Inversion(_SchedulerCore):
+    """Exact inversion x_0 → Latent, one model call per step (module docstring: inverse timesteps)."""
+
+    def _set_timesteps_for(self, solver: Solver) -> None:
+        self._publish(self._t[i] for i in _inversion_indices(solver))
+
+    def step(
+        self, model_output: torch.Tensor, timestep: int | float | torch.Tensor, sample: torch.Tensor, return_dict: bool = True
+    ) -> BELMInverseSchedulerOutput | tuple:
+        """x_{i+1} from the model output at the state the inversion needs (eq. 19 for O-BELM)."""
+        t = self._check_step_args(model_output, timestep, sample)
+        if self._stepper is None:
+            if self._begin_index not in (None, 0):
+                raise ValueError(
+                    f"begin_index={self._begin_index}: an inversion starts at x_0, the first of its timesteps "
+                    "(set_begin_index(0) or none)"
+                )
+            self._stepper, self._held = Stepper.inversion(self.solver, sample), 0
+            self._out_dtype = sample.dtype
+        elif not self._is_returned(sample):
+            raise ValueError(
+                f"the sample passed to {type(self).__name__}.step is not the one the previous step returned (or it "
+                "was edited in place); exact inversion continues only from its own states: do not change the latents "
+                "during an inversion, or call set_timesteps to start again"
+            )
+        stepper, held = self._stepper, self._held
+        if stepper.done:
+            raise ValueError(f"the inversion is complete ({self.solver.grid.N} steps); read .latent or call set_timesteps")
+        x, index = stepper.need()
+        if t != self._t[index]:
+            raise self._time_error(t, self._t[index], index, "the next inversion step's model call")
+        f = self._model_f(model_output, x, index)
+        if x is not stepper.state(held) or not stepper.advance(f, owned=f is not model_output):
+            raise RuntimeError(f"{self.method.signature()} needs the model away from the state the pipeline holds")
+        self._held = held + 1
+        return self._emit(stepper.state(held + 1), sample, return_dict, BELMInverseSchedulerOutput)
+
+    @property
+    def latent(self) -> Latent:
+        """The inverted `Latent` (float64 states, noisiest first; dtype = the samples' dtype)."""
+        if self._stepper is None:
+            raise ValueError("no inversion has run: call set_timesteps and step through timesteps first")
+        latent = self._stepper.latent()
+        return latent.replace(dtype=str(self._out_dtype).replace("torch.", ""))
+
+
+# ---------------------------------------------------------------------------------------------- families
+class _VPFamily(_SchedulerCore):
+    """VP configs (DDIM, PNDM, Euler, DPM-Solver, UniPC, …): int64 training timesteps, `add_noise`."""
+
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    _timestep_dtype = torch.int64
+    _config_keys_read = (
+        "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "set_alpha_to_one",
+        "steps_offset", "prediction_type", "timestep_spacing", "rescale_betas_zero_snr",
+    )
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | Sequence[float] | None = None,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon",
+        timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading",
+        rescale_betas_zero_snr: bool = False,
+        method: SchedulerMethod = "o-belm",
+        gamma: float = 1.0,
+    ):
+        self._setup(method, gamma)
+        self.timesteps = torch.from_numpy(self.schedule.timesteps(num_train_timesteps, "linspace").copy())
+
+    @classmethod
+    def _check_family(cls, config: Mapping[str, Any]) -> None:
+        if is_flow_config(config):
+            flow = cls.__name__.replace("BELM", "BELMFlow")
+            raise ValueError(
+                f"config of {config.get('_class_name', 'a flow scheduler')!r} is a rectified-flow config (SD3, Flux); "
+                f"{cls.__name__} reads VP configs only: use backends.schedulers.{flow}.from_config"
+            )
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t = α_t x_0 + σ_t ε with α_t, σ_t of the schedule (img2img), one t per batch entry or one for all."""
+        t = np.asarray(timesteps.detach().cpu() if isinstance(timesteps, torch.Tensor) else timesteps, dtype=np.float64)
+        shape = (-1,) + (1,) * (original_samples.ndim - 1)
+        coeff = {}
+        for name, values in (("alpha", self.schedule.alpha(t)), ("sigma", self.schedule.sigma(t))):
+            coeff[name] = torch.as_tensor(np.atleast_1d(values), device=original_samples.device)
+            coeff[name] = coeff[name].to(original_samples.dtype).reshape(shape)
+        return coeff["alpha"] * original_samples + coeff["sigma"] * noise
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: Sequence[int] | None = None,
+    ) -> None:
+        """Build the grid (N steps, or explicit `timesteps`, noisiest first) and reset all history."""
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError(
+                f"give exactly one of num_inference_steps={num_inference_steps!r} and timesteps={timesteps!r}"
+            )
+        if timesteps is not None:
+            t = _as_numpy(timesteps)
+            key = ("timesteps", t.tobytes(), str(t.dtype))
+            make = lambda: Solver(self.schedule, method=self.method, timesteps=t, end=self._options["end"])  # noqa: E731
+        else:
+            key = ("steps", num_inference_steps)
+            make = lambda: Solver(self.schedule, num_inference_steps, self.method, **self._options)  # noqa: E731
+        self._install(self._cached_solver(key, make), device)
+
+    @staticmethod
+    def _as_time(timestep: Any) -> int:
+        """A timestep (int, float or a tensor of equal entries) as an int training timestep."""
+        timestep = _scalar(timestep)
+        if float(timestep) != round(float(timestep)):
+            raise ValueError(f"timestep={timestep!r} must be an integer training timestep")
+        return int(round(float(timestep)))
+
+
+class _FlowFamily(_SchedulerCore):
+    """FlowMatchEulerDiscreteScheduler configs (SD3, Flux): float32 model times t = T·σ, `scale_noise`, `sigmas`."""
+
+    _compatibles = ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"]
+    _timestep_dtype = torch.float32
+    _config_keys_read = (
+        "num_train_timesteps", "shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len",
+        "max_image_seq_len", "time_shift_type",
+    ) + FLOW_OPTIONS_UNSUPPORTED
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        shift: float = 1.0,
+        use_dynamic_shifting: bool = False,
+        base_shift: float = 0.5,
+        max_shift: float = 1.15,
+        base_image_seq_len: int = 256,
+        max_image_seq_len: int = 4096,
+        time_shift_type: Literal["exponential", "linear"] = "exponential",
+        method: SchedulerMethod = "o-belm",
+        gamma: float = 1.0,
+        invert_sigmas: bool = False,
+        shift_terminal: float | None = None,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        stochastic_sampling: bool = False,
+    ):
+        # (the last six are diffusers' options belm does not reproduce: registered so that a config
+        # setting them is refused by backends.config.flow_schedule_from_config, not silently dropped)
+        self._setup(method, gamma)
+        self.timesteps = torch.empty(0, dtype=torch.float32)
+        self.sigmas = torch.empty(0, dtype=torch.float32)
+
+    @classmethod
+    def _check_family(cls, config: Mapping[str, Any]) -> None:
+        if not is_flow_config(config):
+            vp = cls.__name__.replace("BELMFlow", "BELM")
+            raise ValueError(
+                f"config of {config.get('_class_name', 'a VP scheduler')!r} is not a rectified-flow config "
+                f"(FlowMatchEulerDiscreteScheduler: SD3, Flux); for SD/SDXL configs use backends.schedulers.{vp}.from_config"
+            )
+
+    def scale_noise(self, sample: torch.Tensor, timestep: Any, noise: torch.Tensor) -> torch.Tensor:
+        """x_σ = (1 − σ) x_0 + σ n with σ = t/T (img2img's forward process), one t per batch entry or one for all."""
+        if not isinstance(noise, torch.Tensor):
+            raise TypeError(f"noise must be a torch tensor, got {type(noise).__name__}")
+        t = _as_numpy(timestep).astype(np.float64)
+        sigma = self.schedule.sigma(t)
+        if not np.all((sigma >= 0) & (sigma <= 1)):
+            raise ValueError(f"timestep={t.tolist()} must lie in [0, {self.config.num_train_timesteps}] (σ = t/T in [0, 1])")
+        shape = (-1,) + (1,) * (sample.ndim - 1)
+        sigma = torch.as_tensor(np.atleast_1d(sigma), device=sample.device).to(sample.dtype).reshape(shape)
+        return (1 - sigma) * sample + sigma * noise
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        sigmas: Sequence[float] | np.ndarray | None = None,
+        mu: float | None = None,
+        timesteps: Sequence[float] | np.ndarray | None = None,
+    ) -> None:
+        """Build the grid and reset all history, with the arguments of diffusers' flow scheduler.
+
+        N steps laid out as FlowMatchEulerDiscreteScheduler does, from custom `sigmas` (Flux's
+        pipeline passes linspace(1, 1/N, N)), shifted by `shift` or, with `use_dynamic_shifting`,
+        by `mu` (required then; ignored otherwise, as diffusers does); or explicit model times
+        `timesteps` (noisiest first, rounded to float32 and used as given: σ = t/T).
+        """
+        if sigmas is not None and timesteps is not None:
+            raise ValueError(
+                "give sigmas= or timesteps=, not both: belm's grid is the model times and σ = t/T on it "
+                "(diffusers would shift the sigmas but not the timesteps)"
+            )
+        given = sigmas if sigmas is not None else timesteps
+        if num_inference_steps is None and given is None:
+            raise ValueError("give num_inference_steps, sigmas= or timesteps=")
+        if given is not None and num_inference_steps is not None and len(given) != num_inference_steps:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps!r} differs from the {len(given)} "
+                f"{'sigmas' if sigmas is not None else 'timesteps'} given; they must match"
+            )
+        if timesteps is not None:
+            t = _as_numpy(timesteps).astype(np.float32).astype(np.float64)
+        else:
+            if self.schedule.use_dynamic_shifting and mu is None:
+                raise ValueError(
+                    "mu is required: this config has use_dynamic_shifting=True (Flux); pass "
+                    "set_timesteps(N, mu=schedule.mu_for(image_seq_len)) (Flux's pipeline computes it)"
+                )
+            mu = mu if self.schedule.use_dynamic_shifting else None  # (SD3's pipeline may pass it; unused)
+            sig = None if sigmas is None else _as_numpy(sigmas)
+            t = self.schedule.timesteps(num_inference_steps, mu=mu, sigmas=sig)
+        key = ("timesteps", t.tobytes())
+        make = lambda: Solver(self.schedule, method=self.method, timesteps=t, **self._options)  # noqa: E731
+        self._install(self._cached_solver(key, make), device)
+
+    def _install(self, solver: Solver, device: str | torch.device | None) -> None:
+        super()._install(solver, device)
+        # σ_N … σ_1 of the grid and the clean end σ_0 = 0, as diffusers appends it
+        self.sigmas = torch.tensor(solver.grid.sigma[::-1].copy(), dtype=torch.float32, device=device)
+
+    @staticmethod
+    def _as_time(timestep: Any) -> float:
+        """A timestep (number or a tensor of equal entries) as a float32 model time (held as a float)."""
+        return float(np.float32(_scalar(timestep)))
+
+
+# ---------------------------------------------------------------------------------------------- public classes
+class BELMScheduler(_Sampling, _VPFamily):
+    """Sampling with O-BELM, BDIA or DDIM from any SD/SDXL scheduler config, one model call per step.
+
+    Args (the DDIM keys; unknown keys of another scheduler's config are ignored by `from_config`):
+        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+        rescale_betas_zero_snr: the training schedule ᾱ_t (`backends.config.schedule_from_config`).
+        set_alpha_to_one: the last step ends at ᾱ = 1 (True) or at ᾱ_0 (False).
+        steps_offset, timestep_spacing: the grid layout ("leading", "trailing", "linspace").
+        prediction_type: what the model predicts ("epsilon", "v_prediction", "sample").
+        method: "o-belm" (default; eq. 18, second order), "bdia" (with `gamma`) or "ddim".
+        gamma: BDIA's γ (MATH.md §6); ignored by the other methods.
+
+    Precision and the re-sync rule: see the module docstring. `set_latent(latent)` makes the
+    next run reconstruct an inverted latent exactly. A flow config is refused (`BELMFlowScheduler`).
+    """
+
+
+class BELMInverseScheduler(_Inversion, _VPFamily):
     """Exact inversion x_0 → Latent, one model call per step (same config and options as `BELMScheduler`).
 
     Manual loop (as for DDIMInverseScheduler), or as `pipe.scheduler` for one pipeline call
@@ -442,46 +679,56 @@ class BELMInverseScheduler(_BELMSchedulerBase):
     the one the previous step returned: an inversion cannot re-sync from an edited state.
     """
 
-    def _set_timesteps_for(self, solver: Solver) -> None:
-        self._publish(self._t[i] for i in _inversion_indices(solver))
 
-    def step(
-        self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, return_dict: bool = True
-    ) -> BELMInverseSchedulerOutput | tuple:
-        """x_{i+1} from the model output at the state the inversion needs (eq. 19 for O-BELM)."""
-        t = self._check_step_args(model_output, timestep, sample)
-        if self._stepper is None:
-            self._stepper, self._held = Stepper.inversion(self.solver, sample), 0
-            self._out_dtype = sample.dtype
-        elif not self._is_returned(sample):
-            raise ValueError(
-                "the sample passed to BELMInverseScheduler.step is not the one the previous step returned (or it was "
-                "edited in place); exact inversion continues only from its own states: do not change the latents "
-                "during an inversion, or call set_timesteps to start again"
-            )
-        stepper, held = self._stepper, self._held
-        if stepper.done:
-            raise ValueError(f"the inversion is complete ({self.solver.grid.N} steps); read .latent or call set_timesteps")
-        x, index = stepper.need()
-        if t != self._t[index]:
-            raise self._time_error(t, self._t[index], index, "the next inversion step's ε")
-        eps = self._eps(model_output, x, index)
-        if x is not stepper.state(held) or not stepper.advance(eps, owned=eps is not model_output):
-            raise RuntimeError(f"{self.method.signature()} needs ε away from the state the pipeline holds")
-        self._held = held + 1
-        return self._emit(stepper.state(held + 1), sample, return_dict, BELMInverseSchedulerOutput)
+class BELMFlowScheduler(_Sampling, _FlowFamily):
+    """Sampling with O-BELM, BDIA or DDIM (= Euler) on a rectified flow (SD3, Flux), one model call per step.
 
-    @property
-    def latent(self) -> Latent:
-        """The inverted `Latent` (float64 states, noisiest first; dtype = the samples' dtype)."""
-        if self._stepper is None:
-            raise ValueError("no inversion has run: call set_timesteps and step through timesteps first")
-        latent = self._stepper.latent()
-        return latent.replace(dtype=str(self._out_dtype).replace("torch.", ""))
+    Drop-in for `FlowMatchEulerDiscreteScheduler`: `pipe.scheduler = BELMFlowScheduler.from_config(
+    pipe.scheduler.config, method="o-belm")`. The model output is the velocity v = dx/dσ = n − x_0
+    and the recurrence runs in (x, σ) (MATH.md §11); method="ddim" is the Euler step
+    x_{i−1} = x_i + (σ_{i−1} − σ_i) v, diffusers' own update.
+
+    Args (FlowMatchEulerDiscreteScheduler's keys, read by `backends.config.flow_schedule_from_config`):
+        num_train_timesteps: T (model time t = T·σ).
+        shift: σ ↦ shift·σ/(1 + (shift − 1)σ) (SD3: 3.0).
+        use_dynamic_shifting, base_shift, max_shift, base_image_seq_len, max_image_seq_len,
+        time_shift_type: Flux's resolution-dependent shift by `mu` (passed to `set_timesteps`).
+        method: "o-belm" (default; eq. 18, second order), "bdia" (with `gamma`) or "ddim" (Euler).
+        gamma: BDIA's γ (MATH.md §6); ignored by the other methods.
+        invert_sigmas, shift_terminal, use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas,
+        stochastic_sampling: not reproduced; a config setting any of them is refused (ValueError).
+
+    `set_timesteps(num_inference_steps, device, sigmas=, mu=, timesteps=)`, `timesteps` as float32
+    model times, `sigmas` with the appended 0, `scale_noise` for img2img; `set_latent(latent)`
+    makes the next run reconstruct an inverted latent exactly. Precision and the re-sync rule: see
+    the module docstring. A VP config is refused (`BELMScheduler`).
+    """
 
 
+class BELMFlowInverseScheduler(_Inversion, _FlowFamily):
+    """Exact inversion x_0 → Latent on a rectified flow, one model call per step (config as `BELMFlowScheduler`).
+
+    As `pipe.scheduler` of an SD3 or Flux pipeline for one call with `latents=z0` (Flux: packed),
+    or in a manual loop:
+
+        inv.set_timesteps(N)                     # or (sigmas=, mu=) as the pipeline passes them
+        for t in inv.timesteps:
+            z = inv.step(v_model(z, t), t, z).prev_sample
+        latent = inv.latent
+
+    `set_timesteps` builds the sampling grid of the same arguments (t_N = T·σ_N, …, t_1; the
+    end σ_0 = 0) and `timesteps` lists, in the order of the steps, the model time at which each
+    inversion step needs v: (t_1, t_1, t_2, …, t_{N−1}) for O-BELM and BDIA, (t_1, …, t_N) for
+    DDIM (module docstring). The last state x_N is reached at σ_N (σ = 1 on the default grids,
+    pure noise) without a model call there. `latent` is the `Latent` at the last completed step;
+    `BELMFlowScheduler.set_latent` samples from it on the grid the same set_timesteps call builds.
+    The sample passed to each step must be the one the previous step returned.
+    """
+
+
+# ---------------------------------------------------------------------------------------------- helpers
 def _inversion_indices(solver: Solver) -> list[int]:
-    """Grid index of the model time of each inversion step's ε, from a dry run of the method on one number."""
+    """Grid index of the model time of each inversion step's model call, from a dry run of the method on one number."""
     stepper = Stepper.inversion(solver, torch.zeros(1, dtype=torch.float64))
     indices = []
     while not stepper.done:
@@ -491,8 +738,13 @@ def _inversion_indices(solver: Solver) -> list[int]:
     return indices
 
 
-def _as_time(timestep: Any) -> int:
-    """A timestep (int, float or a tensor of equal entries) as an int."""
+def _as_numpy(values: Any) -> np.ndarray:
+    """A tensor, array or sequence as a NumPy array (on the CPU)."""
+    return np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values)
+
+
+def _scalar(timestep: Any) -> int | float:
+    """A timestep (number or a tensor of equal entries) as a Python number."""
     if isinstance(timestep, torch.Tensor) and timestep.ndim == 0:
         timestep = timestep.item()
     elif isinstance(timestep, torch.Tensor):
@@ -503,7 +755,5 @@ def _as_time(timestep: Any) -> int:
             raise ValueError(f"timestep={timestep.tolist()} has different entries; one step takes one timestep")
         timestep = flat[0].item()
     if isinstance(timestep, bool) or not isinstance(timestep, (int, float, np.integer, np.floating)):
-        raise TypeError(f"timestep={timestep!r} must be an int or a tensor, got {type(timestep).__name__}")
-    if float(timestep) != round(float(timestep)):
-        raise ValueError(f"timestep={timestep!r} must be an integer training timestep")
-    return int(round(float(timestep)))
+        raise TypeError(f"timestep={timestep!r} must be a number or a tensor, got {type(timestep).__name__}")
+    return timestep
