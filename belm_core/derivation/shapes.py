@@ -80,8 +80,7 @@ def _as_phi(phi: Any) -> sympy.Expr:
 
 
 @functools.lru_cache(maxsize=64)
-def _solve(phi_srepr: str) -> ShapeP:
-    phi = sympy.sympify(phi_srepr)  # (our own srepr, never user text)
+def _solve(phi: sympy.Expr) -> ShapeP:
     A1, A2, B = sympy.symbols("A1 A2 B")
     at = {s: phi.subs(SIGMA_BAR, s) for s in (_PREV, _MID, _NEXT)}
     dphi_mid = sympy.diff(phi, SIGMA_BAR).subs(SIGMA_BAR, _MID)
@@ -100,4 +99,4 @@ def _solve(phi_srepr: str) -> ShapeP:
 
 def shape_p(phi: Any) -> ShapeP:
     """The p-family member exact on x̄ = φ(σ̄) (module docstring); derived once per φ and cached."""
-    return _solve(sympy.srepr(_as_phi(phi)))
+    return _solve(_as_phi(phi))

@@ -19,10 +19,19 @@ Members (`rule=`):
             the stiff stability bound p_i ≤ σ̄_{i−1}/σ̄_{i+1}; row 1 uses O-BELM's p_1
             (σ̄_0 = 0 makes DPL's p_1 = 0, which has no inverse); order 1 (the clean end
             degrades it; order 2 where σ̄ stays away from 0);
-* "dpl-ob": DPL where σ̄_i > s, max((h_i/h_{i+1})², σ̄_{i−1}/σ̄_{i+1}) where σ̄_i ≤ s,
-            row 1 = O-BELM; s = 0.3 by default (σ̄ in data units). DPL's accuracy at
-            low NFE, O-BELM's order 2 near the clean end, and inverted latents that
-            converge to the exact ODE inversion. Order 2. Registered as "dpl-ob".
+* "dpl-ob": DPL where σ̄_i > s, O-BELM's (h_i/h_{i+1})² where σ̄_i ≤ s (and on row 1);
+            s = 0.3 by default (σ̄ in data units). DPL's accuracy at low NFE, O-BELM's
+            order 2 near the clean end, and inverted latents that converge to the exact
+            ODE inversion. Order 2 on smoothly graded grids (every spacing the schedules
+            offer). Registered as "dpl-ob".
+
+DPL's rows are neutral in the stiff directions (q_i = 1, see `stiff_ratio`), as the
+leapfrog is: on grids whose step ratio jumps from step to step (alternating or jittered
+steps, only reachable through `timesteps=`) "dpl" and "dpl-ob" stop converging, while
+O-BELM keeps order 2 (tests/test_pfamily.py). The research prototype's bottom rule
+max((h_i/h_{i+1})², σ̄_{i−1}/σ̄_{i+1}) equals O-BELM's on every spacing grid but its
+parasitic product Π p_i grows like (4·σ̄_{i−1}/σ̄_{i+1})^{N/2} on alternating steps, so
+it is not used.
 
 Or `phi=`: the member also exact on x̄ = φ(σ̄) (`belm_core.derivation.shapes`):
 
@@ -99,7 +108,7 @@ class PFamily(LinearMultistep):
         elif self.rule == "bdia":
             p[i] = grid.alpha[i + 1] / grid.alpha[i - 1]
         else:
-            p[i] = dpl if self.rule == "dpl" else np.where(sb[i] <= self.s, np.maximum(obelm, dpl), dpl)
+            p[i] = dpl if self.rule == "dpl" else np.where(sb[i] <= self.s, obelm, dpl)
             p[1] = obelm[0]  # σ̄_0 = 0 would make DPL's p_1 = 0: no inverse
         bad = i[~(np.isfinite(p[i]) & (p[i] != 0))]
         if bad.size:
