@@ -1,7 +1,7 @@
 """Low-step accuracy: the recommended exact sampler vs DPM-Solver++(2M), UniPC and DEIS.
 
 `Solver(schedule, steps=N, **belm_core.recommended(schedule, N))` — the exact p-family
-member "dpl-ob" (docs/math.md §10), the predictor–corrector start-up and the "trailing"
+member "dpl-ob" (docs/math.md §11), the predictor–corrector start-up and the "trailing"
 grid, N model calls, first model time T − 1 — against diffusers' DPM-Solver++(2M),
 UniPC (bh2) and DEIS on their default grid (`benchmarks.peers`), and against plain
 O-BELM on the paper's "linspace" grid (the apps' default before this section). Every

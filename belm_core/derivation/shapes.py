@@ -1,4 +1,4 @@
-"""The p of a 2-step p-family member from a shape φ(σ̄) (docs: MATH.md §10).
+"""The p of a 2-step p-family member from a shape φ(σ̄) (docs: MATH.md §11).
 
 Every row of the one-parameter family
 

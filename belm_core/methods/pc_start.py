@@ -1,4 +1,4 @@
-"""The predictor–corrector start-up: the first step from a lone x_N (MATH.md §10).
+"""The predictor–corrector start-up: the first step from a lone x_N (MATH.md §11).
 
 The default start (MATH.md §3) makes the first, largest step with DDIM, which is first
 order. This one corrects it for free. With y = x̄/σ̄ and τ = 1/σ̄ the ODE reads

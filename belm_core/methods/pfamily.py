@@ -1,4 +1,4 @@
-"""The one-parameter family of exact 2-step methods with ε at the middle state (MATH.md §10).
+"""The one-parameter family of exact 2-step methods with ε at the middle state (MATH.md §11).
 
 Row i (1 ≤ i ≤ N−1) of every member, in bar form (x̄ = x/α, h_i = σ̄_i − σ̄_{i−1}):
 
