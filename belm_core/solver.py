@@ -50,7 +50,8 @@ from . import arrays
 from .checks import is_bool, is_index, is_real
 from .grid import End, Grid, make_grid
 from .latent import Latent, LatentMetadataWarning, check_for as check_latent
-from .methods import Carry, Method, get_method
+from .methods import Carry, LinearMultistep, Method, get_method
+from .methods.pc_start import pc_start
 from .schedules import NoiseSchedule, Prediction, Spacing
 
 __all__ = [
@@ -58,6 +59,9 @@ __all__ = [
 ]
 
 EpsFn = Callable[[Any, Any], Any]
+#: how sampling from a lone x_N builds the first step: the paper's DDIM step ("ddim") or the
+#: predictor–corrector step of `belm_core.methods.pc_start` ("pc"); neither costs an extra call
+Startup = Literal["ddim", "pc"]
 Callback = Callable[[dict], None]
 
 #: keys of the dict a callback receives
@@ -97,6 +101,11 @@ class Solver:
             for VP/VE, "velocity" for `FlowMatch`). ε on a grid that starts at pure
             noise (α = 0) is refused with a ValueError.
 
+        startup: first step of sampling from a lone x_T: "ddim" (the paper's, default) or
+            "pc" (predictor–corrector, `belm_core.methods.pc_start`; linear multistep
+            methods with k ≥ 2). Same model calls either way; inversion and sampling from
+            a Latent never use it, so it changes neither exactness nor the Latent.
+
     Flow grids with diffusers' options: `Solver(FlowMatch(shift=3.0), steps=28)`, or
     `Solver(schedule, timesteps=schedule.timesteps(28, mu=..., sigmas=...))`.
     """
@@ -115,6 +124,7 @@ class Solver:
         amplification_tol: float = 1e-6,
         end: End = "clean",
         prediction: Prediction | None = None,
+        startup: Startup = "ddim",
     ):
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a belm_core NoiseSchedule, got {type(schedule).__name__}")
@@ -148,6 +158,19 @@ class Solver:
                 f"method {self.method.signature()} is not zero-stable when sampling (roots of ρ for equal steps: "
                 f"{np.round(stability.roots, 4).tolist()}); pass allow_unstable=True to run it anyway"
             )
+        if startup not in ("ddim", "pc"):
+            raise ValueError(f"startup={startup!r} must be 'ddim' or 'pc'")
+        if startup == "pc" and not (isinstance(self.method, LinearMultistep) and self.method.k >= 2):
+            raise ValueError(
+                f"startup='pc' needs a linear multistep method with k ≥ 2 (e.g. 'dpl-ob', 'o-belm'); "
+                f"{self.method.signature()} has its own start"
+            )
+        if startup == "pc" and self.grid.prediction != "epsilon":
+            raise ValueError(
+                f"startup='pc' is the trapezoid rule on the data prediction in bar coordinates (ε-prediction); "
+                f"this solver runs prediction={self.grid.prediction!r}: use startup='ddim'"
+            )
+        self.startup: Startup = startup
         self.state_dtype = arrays.resolve_dtype(state_dtype)
         if self.state_dtype in ("float16", "bfloat16"):
             warnings.warn(
@@ -229,7 +252,8 @@ class Solver:
             else:
                 out_dtype = self._input_dtype(x, "x")
                 carry = self.method.start(self._plan, self._to_state(x, "x"), self.grid.N)
-            carry = self._run("sample", eps_fn, carry, 0, progress, callback)
+            first = pc_start if self.startup == "pc" and not isinstance(x, Latent) else None
+            carry = self._run("sample", eps_fn, carry, 0, progress, callback, first=first)
             return arrays.cast_to(self.method.output(carry), out_dtype)
 
     def invert(
@@ -265,7 +289,9 @@ class Solver:
         )
 
     # -- the loop ---------------------------------------------------------------------------
-    def _run(self, direction: str, eps_fn: EpsFn, carry: Carry, target: int, progress: bool, callback) -> Carry:
+    def _run(
+        self, direction: str, eps_fn: EpsFn, carry: Carry, target: int, progress: bool, callback, first=None
+    ) -> Carry:
         if not callable(eps_fn):
             name = _fn_name(self.prediction)
             raise TypeError(f"{name} must be callable as {name}(x, t), got {type(eps_fn).__name__}")
@@ -279,7 +305,7 @@ class Solver:
         with tqdm(total=total, disable=not progress, desc=direction, leave=False) as bar:
             for n in range(1, total + 1):
                 evaluate.step = n
-                carry = advance(self._plan, carry, evaluate)
+                carry = (first if n == 1 and first is not None else advance)(self._plan, carry, evaluate)
                 bar.update(1)
                 if callback is not None:
                     callback(self._callback_info(direction, n, total, carry))

@@ -288,3 +288,19 @@ def test_report_written(tmp_path):
     for needle in ("Command:** `python -m benchmarks --test`", "Git commit", "Machine", "Date", "| a | b |",
                    "figures/demo.png", "a demo figure"):
         assert needle in text
+
+
+def test_lowstep_marks_only_cells_at_or_below_the_better_peer():
+    from benchmarks import lowstep
+
+    def errs(ours):
+        e = {m: {5: 1.0, 10: 1.0} for m in lowstep.OURS + lowstep.PEERS}
+        e["diffusers-UniPC"] = {5: 0.5, 10: 0.2}
+        e["recommended"] = dict(zip((5, 10), ours))
+        return e
+
+    data = lowstep.LowstepData((5, 10), 4, {("cosine", "a"): errs((0.4, 0.3)), ("cosine", "b"): errs((0.5, 0.1))},
+                               (10, 20), {})
+    assert lowstep.wins(data) == {"cosine": (3, 4)}
+    rows = rows_of(lowstep.error_table(data, "cosine"))
+    assert rows["a"][0] == "**0.4** / 0.3" and rows["b"][0] == "**0.5** / **0.1**"

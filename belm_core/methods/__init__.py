@@ -14,9 +14,10 @@ from .belm import BELM
 from .ddim import DDIM
 from .edict import EDICT
 from .obelm import OBELM
+from .pfamily import PFamily
 
 __all__ = ["Method", "LinearMultistep", "Carry", "Stability", "DDIM", "BDIA", "EDICT", "OBELM", "BELM",
-           "METHODS", "get_method"]
+           "PFamily", "METHODS", "get_method"]
 
 #: name → factory with the default parameters
 METHODS: dict[str, Callable[[], Method]] = {
@@ -25,6 +26,7 @@ METHODS: dict[str, Callable[[], Method]] = {
     "edict": EDICT,
     "o-belm": OBELM,
     "belm3": BELM.stable,
+    "dpl-ob": PFamily,  # rule="dpl-ob", s=0.3
 }
 
 
@@ -34,7 +36,7 @@ def get_method(method: str | Method) -> Method:
         return method
     if isinstance(method, str):
         key = method.strip().lower().replace("_", "-")
-        key = {"obelm": "o-belm", "belm-3": "belm3"}.get(key, key)
+        key = {"obelm": "o-belm", "belm-3": "belm3", "dplob": "dpl-ob"}.get(key, key)
         if key in METHODS:
             return METHODS[key]()
         raise ValueError(f"method={method!r} is not a known method; choose one of {sorted(METHODS)} or pass a Method instance")

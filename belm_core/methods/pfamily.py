@@ -1,0 +1,143 @@
+"""The one-parameter family of exact 2-step methods with ε at the middle state (MATH.md §12).
+
+Row i (1 ≤ i ≤ N−1) of every member, in bar form (x̄ = x/α, h_i = σ̄_i − σ̄_{i−1}):
+
+    x̄_{i−1} = (1 − p_i) x̄_i + p_i x̄_{i+1} − (h_i + p_i h_{i+1}) ε(x_i, t_i)
+
+i.e. a_{i,1} = 1 − p_i, a_{i,2} = p_i, b_{i,1} = −(h_i + p_i h_{i+1})/h_i, b_{i,2} = 0.
+These are all the 2-step relations of this shape that are exact on x̄ = const and on
+x̄ = a + bσ̄ (where DDIM is exact); each p_i ≠ 0 is exactly invertible:
+
+    x̄_{i+1} = (x̄_{i−1} − (1 − p_i) x̄_i + (h_i + p_i h_{i+1}) ε(x_i, t_i)) / p_i.
+
+Members (`rule=`):
+
+* "o-belm": p_i = (h_i/h_{i+1})² — O-BELM (paper eq. 18), order 2;
+* "bdia":   p_i = α_{i+1}/α_{i−1} — BDIA with γ = 1 (MATH.md §6), order 1;
+* "dpl":    p_i = σ̄_{i−1}/σ̄_{i+1} — the data-prediction leapfrog
+            y_{i−1} = y_{i+1} + (τ_{i−1} − τ_{i+1}) x̂0(x_i), y = x/σ, τ = α/σ; it sits on
+            the stiff stability bound p_i ≤ σ̄_{i−1}/σ̄_{i+1}; row 1 uses O-BELM's p_1
+            (σ̄_0 = 0 makes DPL's p_1 = 0, which has no inverse); order 1 (the clean end
+            degrades it; order 2 where σ̄ stays away from 0);
+* "dpl-ob": DPL where σ̄_i > s, O-BELM's (h_i/h_{i+1})² where σ̄_i ≤ s (and on row 1);
+            s = 0.3 by default (σ̄ in data units). DPL's accuracy at low NFE, O-BELM's
+            order 2 near the clean end, and inverted latents that converge to the exact
+            ODE inversion. Order 2 on smoothly graded grids (every spacing the schedules
+            offer). Registered as "dpl-ob".
+
+DPL's rows are neutral in the stiff directions (q_i = 1, see `stiff_ratio`), as the
+leapfrog is: on grids whose step ratio jumps from step to step (alternating or jittered
+steps, only reachable through `timesteps=`) "dpl" and "dpl-ob" stop converging, while
+O-BELM keeps order 2 (tests/test_pfamily.py). The research prototype's bottom rule
+max((h_i/h_{i+1})², σ̄_{i−1}/σ̄_{i+1}) equals O-BELM's on every spacing grid but its
+parasitic product Π p_i grows like (4·σ̄_{i−1}/σ̄_{i+1})^{N/2} on alternating steps, so
+it is not used.
+
+Or `phi=`: the member also exact on x̄ = φ(σ̄) (`belm_core.derivation.shapes`):
+
+    p_i = R_φ(σ̄_{i−1}, σ̄_i) / R_φ(σ̄_{i+1}, σ̄_i),   R_φ(a, b) = φ(a) − φ(b) − (a − b) φ′(b);
+
+φ = σ̄² is O-BELM. Order 2 for φ with φ″ ≠ 0 on the grid's range. Beware: shapes whose p
+exceeds σ̄_{i−1}/σ̄_{i+1} (e.g. √(c² + σ̄²)) break the stiff bound and diverge on trained
+networks (`PFamily.stiff_ratio`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from ..checks import is_real
+from ..grid import Grid
+from .base import LinearMultistep, Stability, nan_tables
+
+__all__ = ["PFamily", "PRule", "P_RULES"]
+
+PRule = Literal["o-belm", "bdia", "dpl", "dpl-ob"]
+P_RULES: tuple[str, ...] = ("o-belm", "bdia", "dpl", "dpl-ob")
+_ORDER = {"o-belm": 2, "bdia": 1, "dpl": 1, "dpl-ob": 2}
+DEFAULT_S = 0.3
+
+
+class PFamily(LinearMultistep):
+    """A p-family member (k = 2, 1 NFE per step) from a named `rule` or a shape `phi`.
+
+    Args:
+        rule: "dpl-ob" (default), "dpl", "o-belm" or "bdia" (module docstring).
+        phi: a sympy expression in one symbol (σ̄), or a callable taking a sympy symbol;
+            instead of `rule`. sympy is imported only when `phi` is given.
+        s: the σ̄ threshold of "dpl-ob" below which O-BELM's p may take over.
+    """
+
+    k = 2
+
+    def __init__(self, rule: PRule | None = "dpl-ob", *, phi: Any = None, s: float = DEFAULT_S):
+        if phi is not None:
+            from ..derivation.shapes import shape_p
+
+            self.rule, self.shape = None, shape_p(phi)
+            self.order = 2
+            self.name = f"p-family(phi={self.shape.phi})"
+        elif rule in P_RULES:
+            self.rule, self.shape = rule, None
+            self.order = _ORDER[rule]
+            self.name = rule if rule in ("dpl", "dpl-ob") else f"p-family({rule})"
+        else:
+            raise ValueError(f"rule={rule!r} must be one of {list(P_RULES)} (or pass phi=)")
+        if not is_real(s) or s < 0:
+            raise ValueError(f"s={s!r} must be a finite real number ≥ 0 (the σ̄ below which dpl-ob uses O-BELM's p)")
+        self.s = float(s)
+        if self.rule == "dpl-ob" and self.s != DEFAULT_S:
+            self.name = f"dpl-ob(s={self.s!r})"
+
+    def p(self, grid: Grid) -> np.ndarray:
+        """p_i for rows i = 1 … N−1, as an array of shape (N+1,) (NaN outside the rows)."""
+        N = grid.N
+        p = np.full(N + 1, np.nan)
+        if N < 2:
+            return p
+        i = np.arange(1, N)
+        sb, h = grid.sigma_bar, grid.h
+        obelm = (h[i] / h[i + 1]) ** 2
+        dpl = sb[i - 1] / sb[i + 1]
+        if self.shape is not None:
+            p[i] = self.shape.evaluate(sb[i - 1], sb[i], sb[i + 1])
+        elif self.rule == "o-belm":
+            p[i] = obelm
+        elif self.rule == "bdia":
+            p[i] = grid.alpha[i + 1] / grid.alpha[i - 1]
+        else:
+            p[i] = dpl if self.rule == "dpl" else np.where(sb[i] <= self.s, obelm, dpl)
+            p[1] = obelm[0]  # σ̄_0 = 0 would make DPL's p_1 = 0: no inverse
+        bad = i[~(np.isfinite(p[i]) & (p[i] != 0))]
+        if bad.size:
+            raise ValueError(
+                f"{self.signature()}: p_i is zero or not finite on rows {bad[:5].tolist()} of this grid "
+                f"(p = {p[bad[:5]].tolist()}); a p-family row is invertible only for a finite p_i ≠ 0"
+            )
+        return p
+
+    def stiff_ratio(self, grid: Grid) -> np.ndarray:
+        """q_i = p_i σ̄_{i+1}/σ̄_{i−1}: the parasitic root in y = x/σ (stiff directions); stable needs q_i ≤ 1."""
+        p = self.p(grid)
+        q = np.full_like(p, np.nan)
+        i = np.arange(1, grid.N)
+        with np.errstate(divide="ignore"):
+            q[i] = p[i] * grid.sigma_bar[i + 1] / grid.sigma_bar[i - 1]
+        return q
+
+    def bar_table(self, grid: Grid):
+        a, b = nan_tables(grid, 2)
+        if grid.N >= 2:
+            p = self.p(grid)[1:-1]
+            h_i, h_ip1 = grid.h[1:-1], grid.h[2:]
+            a[1:-1, 0] = 1.0 - p
+            a[1:-1, 1] = p
+            b[1:-1, 0] = -(h_i + p * h_ip1) / h_i
+            b[1:-1, 1] = 0.0
+        return a, b
+
+    def stability(self):
+        # equal steps far from the clean end: p → 1, ρ(ζ) = (ζ − 1)(ζ + 1), the leapfrog's roots
+        return Stability(sampling=True, inverse=True, roots=np.array([1.0, -1.0]))

@@ -1,0 +1,42 @@
+"""`recommended(schedule, steps)`: the Solver keyword arguments the benchmarks found best.
+
+    solver = Solver(schedule, steps=N, **recommended(schedule, N))
+
+For discrete VP schedules (DDPM "linear", SD "scaled_linear", "cosine"), at every N ≥ 2:
+the exact "dpl-ob" p-family member (MATH.md §12), the predictor–corrector start-up and
+diffusers' "trailing" spacing, whose grid starts at the noisiest model time T − 1 like
+DPM-Solver++ and UniPC do. It makes exactly N model calls and its inverted latents
+converge to the exact ODE inversion as N grows. Evidence: benchmarks/lowstep.py
+(RESULTS.md, "Low-step accuracy"); no per-N tuning of the grid, p rule or start-up paid off.
+
+N = 1 has no exact sampler (a 2-state latent needs two steps) and raises ValueError.
+Other schedules (continuous VP, VE/EDM, flow) have no benchmarked recommendation yet
+and raise ValueError.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .checks import is_index
+from .schedules import DiscreteVP, NoiseSchedule
+
+__all__ = ["recommended"]
+
+
+def recommended(schedule: NoiseSchedule, steps: int) -> dict[str, Any]:
+    """Keyword arguments for `Solver(schedule, steps=steps, **kwargs)`: method, spacing, startup."""
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"schedule must be a belm_core NoiseSchedule, got {type(schedule).__name__}")
+    if not isinstance(schedule, DiscreteVP):
+        raise ValueError(
+            f"recommended() has no benchmarked recommendation for {type(schedule).__name__} schedules yet "
+            "(only DiscreteVP: linear, scaled_linear, cosine); choose method= and spacing= yourself, e.g. 'o-belm'"
+        )
+    T = int(schedule.num_train_timesteps)
+    if not is_index(steps) or not 2 <= steps <= T:
+        raise ValueError(
+            f"steps={steps!r} must be an integer in [2, {T}]: an exact 2-step sampler needs at least 2 steps "
+            f"(its latent holds 2 states), and the 'trailing' grid at most T = {T}"
+        )
+    return {"method": "dpl-ob", "spacing": "trailing", "startup": "pc"}

@@ -1,0 +1,300 @@
+"""Low-step accuracy: the recommended exact sampler vs DPM-Solver++(2M), UniPC and DEIS.
+
+`Solver(schedule, steps=N, **belm_core.recommended(schedule, N))` — the exact p-family
+member "dpl-ob" (docs/math.md §12), the predictor–corrector start-up and the "trailing"
+grid, N model calls, first model time T − 1 — against diffusers' DPM-Solver++(2M),
+UniPC (bh2) and DEIS on their default grid (`benchmarks.peers`), and against plain
+O-BELM on the paper's "linspace" grid (the apps' default before this section). Every
+sampler starts from the same x_T = α x_0 + σ n at t = T − 1 and is scored by
+
+    RMSE(x_end − x_ref),   x_ref = the DOP853 ODE solution (rtol 1e-11) from x_T to the
+    sampler's own end point (σ̄ = 0; for DEIS σ̄(t = 0)),
+
+on held-out Gaussian mixtures that vary the component spread, the dimension and the
+weights (none is the project's `default_problem`). A cell is **bold** where the
+recommended sampler is at most the better of DPM++2M and UniPC (the issue's acceptance).
+
+Inverted latents: `invert` from x_0 with N steps, then the RMSE of the latent's noisiest
+state x_N against the exact ODE inversion of x_0 to t = T − 1 (a latent that means
+something for editing shrinks that distance as N grows); the round trip at 50 steps is
+exact either way. Digits: the trained class-conditional DDPM of the digits section,
+Fréchet distance (classifier features) of 1000 samples from the same x_T at NFE 5/10/20.
+
+Negative results of the study behind this sampler (issue #10; all measured there):
+grid laws other than uniform-in-t (log-SNR-uniform, Karras ρ = 3/5/7, power laws in t,
+τ = 1/σ̄-uniform, grids optimised per N with Nelder–Mead) were worse somewhere, often
+5–300×, and optimised N = 5 grids came out close to uniform-in-t; p rules outside the
+stiff bound p_i ≤ σ̄_{i−1}/σ̄_{i+1} (p = (σ̄_{i−1}/σ̄_{i+1})^m with m < 1, shape-derived
+Gaussian-profile p, constant q > 1) win on some mixtures but diverge on the cosine
+schedule and on the digits network (FD 4.9 at NFE 10); more damping (m > 1) is worse
+everywhere; O-BELM clipped to the bound is worse than DPL (23× on cosine, NFE 20);
+3-step τ-Nyström variants (2nd order, exact) are 3–15× worse than DPL at NFE 10–20;
+re-evaluating ε after the corrector (+1 call) or several predictor–corrector steps do not
+help. On the linear schedule at NFE 5–10 the error grows over all rows: it is the
+family's truncation (one ε per row, q ≤ 1), which UniPC's corrector beats. Mixtures with
+tiny variances make NFE 5–10 a coin flip (one point switching mode), hence ≥ 256 points.
+Not done: the peers on their own best grid laws (the study found tuned grids help UniPC
+as much as they help this sampler, and a tuned UniPC still wins at NFE 10–20).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import peers
+from .report import Section, compose, doc_intro, plot_series, savefig, table
+
+TITLE = "Low-step accuracy: the recommended exact sampler vs DPM++2M, UniPC and DEIS"
+NFES = (5, 10, 20)
+LATENT_STEPS = (10, 20, 50)
+PEERS = ("diffusers-DPM++2M", "diffusers-UniPC", "diffusers-DEIS")
+OURS = ("recommended", "o-belm (linspace)")
+LATENT_METHODS = ("recommended", "dpl (trailing)", "o-belm (linspace)")
+
+
+def schedules():
+    from belm_core import DiscreteVP
+
+    return {"scaled-linear": DiscreteVP.scaled_linear(), "linear": DiscreteVP.linear(), "cosine": DiscreteVP.cosine()}
+
+
+def problems(quick: bool) -> dict:
+    """Held-out mixtures: name → GaussianMixture (spread, dimension and weights vary)."""
+    from backends.analytic import GaussianMixture, default_problem
+
+    base = default_problem((4,), seed=3)
+    out = {
+        "R⁴, 5 comps, spread 2": GaussianMixture.random((4,), 5, seed=11, spread=2.0),
+        "R¹⁶, 8 tight comps": GaussianMixture.random((16,), 8, seed=12, spread=1.0, min_var=0.02, max_var=0.2),
+        "R⁴, skewed weights": GaussianMixture(base.means, base.variances, [8, 1, 1, 0.5, 0.2]),
+        "R³², 10 overlapping": GaussianMixture.random((32,), 10, seed=15, spread=0.5, min_var=0.05, max_var=0.5),
+        "R⁶⁴, 3 wide comps": GaussianMixture.random((64,), 3, seed=13, spread=3.0, min_var=0.1, max_var=1.0),
+    }
+    return dict(list(out.items())[:2]) if quick else out
+
+
+def _solver(schedule, name: str, steps: int):
+    from belm_core import Solver, recommended
+
+    if name == "recommended":
+        return Solver(schedule, steps=steps, **recommended(schedule, steps))
+    if name == "dpl (trailing)":
+        from belm_core import PFamily
+
+        return Solver(schedule, steps=steps, method=PFamily("dpl"), spacing="trailing", startup="pc")
+    return Solver(schedule, steps=steps, method="o-belm", spacing="linspace")
+
+
+def rmse(a, b) -> float:
+    return float(np.sqrt(np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2)))
+
+
+class Case:
+    """One (problem, schedule): x_T at t = T − 1 and the ODE solutions to both end points."""
+
+    def __init__(self, data, schedule, n: int, seed: int = 0):
+        from backends.analytic import AnalyticEps
+
+        self.data, self.schedule = data, schedule
+        self.eps = AnalyticEps(data, schedule)
+        self.t_T = int(schedule.num_train_timesteps) - 1
+        x0 = data.sample(n, seed=seed + 1)
+        noise = np.random.default_rng(seed + 2).standard_normal(x0.shape)
+        a = float(schedule.alpha(self.t_T))
+        self.x_T = a * x0 + float(schedule.sigma(self.t_T)) * noise
+        self._start = (self.x_T / a, float(schedule.sigma_bar(self.t_T)))
+        self._refs: dict = {}
+
+    def error(self, x, end_alpha: float = 1.0, end_sigma_bar: float = 0.0) -> float:
+        """RMSE against the ODE solution at the sampler's own end point (α, σ̄)."""
+        key = round(float(end_sigma_bar), 12)
+        if key not in self._refs:
+            self._refs[key] = self.data.flow(*self._start, float(end_sigma_bar))
+        return rmse(x, end_alpha * self._refs[key])
+
+
+def sample_errors(case: Case, nfes) -> dict:
+    """{method: {nfe: RMSE}} for ours (N = NFE steps) and the peers (NFE model calls)."""
+    import torch
+
+    out: dict = {m: {} for m in OURS + PEERS}
+    for nfe in nfes:
+        for m in OURS:
+            solver = _solver(case.schedule, m, nfe)
+            assert int(solver.timesteps[0]) == case.t_T
+            out[m][nfe] = case.error(solver.sample(case.eps, case.x_T))
+        for p in PEERS:
+            run = peers.sample(p, case.schedule, case.eps, torch.from_numpy(case.x_T.copy()), nfe, "linspace")
+            assert run.nfe == nfe and int(run.timesteps[0]) == case.t_T
+            out[p][nfe] = case.error(run.x0.numpy(), run.end_alpha, run.end_sigma_bar)
+    return out
+
+
+def latent_errors(data, schedule, n: int, steps) -> dict:
+    """{method: {N: RMSE of the latent's x_N vs the exact ODE inversion}}, plus the round-trip MSE at max(steps)."""
+    from backends.analytic import AnalyticEps
+
+    eps = AnalyticEps(data, schedule)
+    x0 = data.sample(n, seed=7)
+    t_T = int(schedule.num_train_timesteps) - 1
+    exact = float(schedule.alpha(t_T)) * data.flow(x0, 0.0, float(schedule.sigma_bar(t_T)))
+    out: dict = {m: {} for m in LATENT_METHODS}
+    roundtrip = {}
+    for m in LATENT_METHODS:
+        for N in steps:
+            solver = _solver(schedule, m, N)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                latent = solver.invert(eps, x0)
+            out[m][N] = rmse(latent.states[0], exact)
+            if N == max(steps):
+                roundtrip[m] = float(np.mean((solver.sample(eps, latent) - x0) ** 2))
+    return {"latent": out, "roundtrip": roundtrip}
+
+
+def digits_fd(nfes, n: int, progress: bool) -> dict:
+    """{"fd": {method: {nfe: FD}}, "floor": FD of the training split, "stable": {nfe: finite}}."""
+    import torch
+
+    from belm_core import DiscreteVP, Solver, recommended
+
+    from .digits import Judge, digits_eps
+    from .train_digits import CACHE, TrainConfig, ensure_model, load_model, load_split
+
+    torch.set_num_threads(1)
+    unet, abar, _ = load_model(ensure_model(TrainConfig(), CACHE, progress=progress))
+    schedule = DiscreteVP(abar)
+    x_tr, y_tr, x_te, y_te, _, _ = load_split()
+    judge = Judge(x_tr, y_tr, x_te, y_te)
+    labels = np.arange(n) % 10
+    x_T = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    fd: dict = {m: {} for m in OURS + PEERS[:2]}
+    for nfe in nfes:
+        if progress:
+            print(f"  lowstep: digits NFE {nfe}", flush=True)
+        for m in OURS:
+            kw = recommended(schedule, nfe) if m == "recommended" else {"method": "o-belm", "spacing": "linspace"}
+            x = Solver(schedule, steps=nfe, **kw).sample(digits_eps(unet, schedule, labels), x_T)
+            fd[m][nfe] = judge.score(x.float().numpy(), labels)["fd"]
+        for p in PEERS[:2]:
+            x = peers.sample(p, schedule, digits_eps(unet, schedule, labels), x_T, nfe, "linspace").x0
+            fd[p][nfe] = judge.score(x.float().numpy(), labels)["fd"]
+    return {"fd": fd, "floor": judge.floor_fd, "n": n}
+
+
+# ------------------------------------------------------------------------ compute
+@dataclass
+class LowstepData:
+    nfes: tuple
+    batch: int
+    errors: dict  # (schedule, problem) → {method: {nfe: rmse}}
+    latent_steps: tuple
+    latents: dict  # (schedule, problem) → latent_errors(...)
+    digits: dict | None = None
+    notes: list = field(default_factory=list)
+
+
+def compute(quick: bool = False, progress: bool = True, with_digits: bool | None = None) -> LowstepData:
+    batch = 64 if quick else 256
+    probs = problems(quick)
+    errors, latents = {}, {}
+    for sname, sch in schedules().items():
+        for pname, data in probs.items():
+            if progress:
+                print(f"  lowstep: {sname} / {pname}", flush=True)
+            errors[(sname, pname)] = sample_errors(Case(data, sch, batch), NFES)
+        for pname in list(probs)[:3]:
+            latents[(sname, pname)] = latent_errors(probs[pname], sch, 32 if quick else 64, LATENT_STEPS)
+    digits = None
+    if with_digits if with_digits is not None else not quick:
+        digits = digits_fd(NFES, 200 if quick else 1000, progress)
+    return LowstepData(NFES, batch, errors, LATENT_STEPS, latents, digits)
+
+
+# ------------------------------------------------------------------------ tables
+def best_peer(by_method: dict, nfe: int) -> float:
+    return min(by_method["diffusers-DPM++2M"][nfe], by_method["diffusers-UniPC"][nfe])
+
+
+def wins(data: LowstepData) -> dict:
+    """{schedule: (cells where recommended ≤ min(DPM++2M, UniPC), cells)}."""
+    out: dict = {}
+    for (sname, _), e in data.errors.items():
+        w, n = out.get(sname, (0, 0))
+        w += sum(e["recommended"][k] <= best_peer(e, k) for k in data.nfes)
+        out[sname] = (w, n + len(data.nfes))
+    return out
+
+
+def error_table(data: LowstepData, sname: str) -> str:
+    cols = OURS + PEERS
+    rows = []
+    for (s, pname), e in data.errors.items():
+        if s != sname:
+            continue
+        cells = []
+        for m in cols:
+            vals = []
+            for k in data.nfes:
+                v = f"{e[m][k]:.3g}"
+                vals.append(f"**{v}**" if m == "recommended" and e[m][k] <= best_peer(e, k) else v)
+            cells.append(" / ".join(vals))
+        rows.append([pname] + cells)
+    return table(["problem"] + [f"{m} NFE {'/'.join(map(str, data.nfes))}" for m in cols], rows)
+
+
+def latent_table(data: LowstepData) -> str:
+    rows = []
+    for (sname, pname), r in data.latents.items():
+        for m in LATENT_METHODS:
+            vals = [r["latent"][m][N] for N in data.latent_steps]
+            rows.append([sname, pname, m, " / ".join(f"{v:.3g}" for v in vals),
+                         "yes" if vals[-1] < vals[-2] else "**no**", f"{r['roundtrip'][m]:.1e}"])
+    steps = "/".join(map(str, data.latent_steps))
+    return table(["schedule", "problem", "method", f"latent RMSE, N = {steps}", "50 < 20",
+                  f"round-trip MSE (N = {data.latent_steps[-1]})"], rows)
+
+
+def render(data: LowstepData) -> str:
+    body = [doc_intro(__doc__), ""]
+    body.append(f"Batch: {data.batch} points per problem; x_T at t = 999; NFE = model calls (ours: N steps = N calls).")
+    for sname, (w, n) in wins(data).items():
+        body += ["", f"### {sname} schedule — RMSE at NFE {'/'.join(map(str, data.nfes))}", ""]
+        body.append(error_table(data, sname))
+        body.append(f"\nRecommended ≤ min(DPM++2M, UniPC) in **{w} of {n}** cells.")
+    body += ["", "### Inverted latents: distance of x_N to the exact ODE inversion (64 points)", "",
+             latent_table(data)]
+    if data.digits is not None:
+        d = data.digits
+        body += ["", f"### Digits DDPM: Fréchet distance ↓ ({d['n']} samples, same x_T; floor {d['floor']:.3f})", ""]
+        body.append(table(["method"] + [f"NFE {k}" for k in data.nfes],
+                          [[m] + [v[k] for k in data.nfes] for m, v in d["fd"].items()]))
+    return "\n".join(body)
+
+
+def draw(data: LowstepData, fig_dir: Path) -> list:
+    import matplotlib.pyplot as plt
+
+    names = list(schedules())
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4))
+    for ax, sname in zip(np.atleast_1d(axes), names):
+        cases = [e for (s, _), e in data.errors.items() if s == sname]
+        mean = {m: {k: float(np.exp(np.mean([np.log(e[m][k]) for e in cases]))) for k in data.nfes}
+                for m in OURS + PEERS}
+        plot_series(ax, data.nfes, mean, OURS)
+        ax.set_title(sname)
+        ax.set_xlabel("NFE (model calls)")
+    np.atleast_1d(axes)[0].set_ylabel("geometric-mean RMSE over the problems")
+    np.atleast_1d(axes)[-1].legend(fontsize=7)
+    return [(savefig(fig, fig_dir, "lowstep_vs_peers"),
+             "Geometric mean over the held-out mixtures of the RMSE against the ODE solution, per schedule: "
+             "the recommended exact sampler and O-BELM (solid) vs diffusers' DPM++2M, UniPC and DEIS on their "
+             "default grid (dashed). Produced by `benchmarks/lowstep.py`.")]
+
+
+def run(quick: bool = False, fig_dir=None, progress: bool = True) -> Section:
+    return compose(TITLE, lambda: compute(quick, progress), render, draw, fig_dir)
