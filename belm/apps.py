@@ -502,10 +502,9 @@ def sample(
     if latent is not None:
         if not isinstance(latent, Latent):
             raise TypeError(f"latent must be a belm_core.Latent (from invert), got {type(latent).__name__}")
-        if num is not None:
-            raise ValueError("num= comes from the latent; leave it None when latent= is given")
-        if size is not None and pipe.family != "flux":
-            raise ValueError("size= comes from the latent; leave it None when latent= is given")
+        if num is not None or (size is not None and pipe.family != "flux"):
+            raise ValueError("num= and size= come from the latent; leave them None when latent= is given "
+                             "(size= is taken only for a non-square Flux latent)")
         start = latent
         # Flux's packed latents keep only their token count: size= names a non-square image size
         _, size = _check_latents(pipe, latent.states[0], size)
