@@ -1,11 +1,12 @@
 """What belm needs of a loaded diffusers pipeline, through the pipeline's own parts.
 
     adapter = adapt(pipe)                        # StableDiffusionPipeline, StableDiffusionXLPipeline,
+                                                 # StableDiffusion3Pipeline, FluxPipeline,
                                                  # DDPMPipeline or DDIMPipeline, as loaded
     solver = adapter.solver(steps=50, method="o-belm")
-    eps = adapter.eps_fn("a cat", guidance_scale=3.0)
-    z0 = adapter.encode(images)                  # VAE posterior mean × scaling (float64)
-    latent = solver.invert(eps, z0)
+    fn = adapter.model_fn("a cat", guidance_scale=3.0)   # ε (VP families) or v (flows)
+    z0 = adapter.encode(images)                  # (VAE posterior mean − shift) × scaling (float64)
+    latent = solver.invert(fn, z0)
 
 One small adapter per pipeline family; nothing is re-implemented:
 
@@ -20,17 +21,32 @@ One small adapter per pipeline family; nothing is re-implemented:
   `BELMScheduler` builds from the same config: a latent made here is accepted there;
 - images go through `pipe.vae` (and `pipe.image_processor` for PIL/NumPy input).
 
+Rectified flows (SD3, Flux; MATH.md §11) give v instead of ε (`model_fn` = `velocity_fn`,
+`backends.transformer`) and the solver runs with `prediction="velocity"`. Their grid is the
+one the pipeline's own call asks its scheduler for: SD3 `FlowMatch.timesteps(N)` (with `mu`
+from the latent's token count only when the config has `use_dynamic_shifting`); Flux
+`FlowMatch.timesteps(sigmas=linspace(1, 1/N, N), mu=mu_for((h/2)(w/2)))`. **Flux's grid
+depends on the image size** (through mu): a latent inverted at one size is sampled at that
+size (`size=` of `solver`, `model_fn`; its grid_key differs at another). Model-space tensors
+are in the pipeline's own format: SD3 (N, 16, h, w); Flux packed (N, (h/2)(w/2), 64), packed
+after the VAE encodes and unpacked before it decodes (`pack`, `unpack`).
+
 Guidance differs from the pipelines in one case: diffusers runs no guidance at all for
 g < 1, while here g < 1 with a negative prompt is ε = ε_u + g (ε_c − ε_u) (MATH.md §7).
+SD3 guides v the same way (true CFG, one batched call). Flux's g is the distilled guidance
+embedded into the transformer (`backends.transformer.check_flux_guidance`: any finite g ≥ 0,
+no negative branch); Flux's true CFG (`true_cfg_scale` with a negative prompt) is not supported.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import warnings
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from belm_core import Method, Solver
@@ -38,18 +54,29 @@ from belm_core import Method, Solver
 from .config import prediction_type as config_prediction_type
 from .config import schedule_from_config, solver_options
 from .guidance import check_guidance
+from .transformer import FluxVelocity, SD3Velocity, check_flux_guidance
 from .unet import PromptTokens, UNetEps, prompt_tokens
 
-__all__ = ["Family", "PipelineAdapter", "adapt", "family"]
+__all__ = ["Family", "FLOW_FAMILIES", "PipelineAdapter", "adapt", "family"]
 
-Family = Literal["sd", "sdxl", "pixel"]
+Family = Literal["sd", "sdxl", "pixel", "sd3", "flux"]
+#: the rectified-flow families (velocity models, FlowMatch grids)
+FLOW_FAMILIES = ("sd3", "flux")
 
 
 def family(pipe) -> Family:
-    """The pipeline family: "sd" (StableDiffusionPipeline), "sdxl" (StableDiffusionXLPipeline) or
-    "pixel" (DDPMPipeline, DDIMPipeline); a TypeError naming the class for anything else."""
-    from diffusers import DDIMPipeline, DDPMPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    """The pipeline family: "sd" (StableDiffusionPipeline), "sdxl" (StableDiffusionXLPipeline),
+    "sd3" (StableDiffusion3Pipeline), "flux" (FluxPipeline) or "pixel" (DDPMPipeline,
+    DDIMPipeline); a TypeError naming the class for anything else."""
+    from diffusers import (
+        DDIMPipeline, DDPMPipeline, FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+    )
 
+    if isinstance(pipe, StableDiffusion3Pipeline):
+        return "sd3"
+    if isinstance(pipe, FluxPipeline):
+        return "flux"
     if isinstance(pipe, StableDiffusionXLPipeline):
         return "sdxl"
     if isinstance(pipe, StableDiffusionPipeline):
@@ -58,7 +85,7 @@ def family(pipe) -> Family:
         return "pixel"
     raise TypeError(
         f"pipe is a {type(pipe).__name__}; supported are StableDiffusionPipeline, StableDiffusionXLPipeline, "
-        "DDPMPipeline and DDIMPipeline (load one with backends.unet.load_pipeline or DiffusionPipeline.from_pretrained)"
+        "StableDiffusion3Pipeline, FluxPipeline, DDPMPipeline and DDIMPipeline (load one with backends.unet.load_pipeline or DiffusionPipeline.from_pretrained)"
     )
 
 
@@ -68,28 +95,40 @@ def adapt(pipe) -> PipelineAdapter:
 
 
 class PipelineAdapter:
-    """A diffusers pipeline seen as belm needs it: ε-functions, the grid, images ↔ model space.
+    """A diffusers pipeline seen as belm needs it: ε- or v-functions, the grid, images ↔ model space.
 
     Attributes:
         pipe: the diffusers pipeline (its components are used, never copied).
-        family: "sd", "sdxl" or "pixel".
-        unet, vae: the pipeline's networks (vae None for pixel models).
+        family: "sd", "sdxl", "sd3", "flux" or "pixel".
+        unet, transformer, vae: the pipeline's networks (unet None for the flows, transformer
+            None for the UNet families, vae None for pixel models).
+        denoiser: the network that runs (the UNet or the transformer).
         scheduler_config: `dict(pipe.scheduler.config)`, read once when the adapter is made.
-        schedule: `schedule_from_config(scheduler_config)`.
-        prediction_type: "epsilon", "v_prediction" or "sample" (from the scheduler config).
-        device, dtype: where and in which dtype the UNet runs.
+        schedule: `schedule_from_config(scheduler_config)` (`FlowMatch` for SD3 and Flux).
+        prediction_type: "epsilon", "v_prediction", "sample" or "velocity" (flows).
+        device, dtype: where and in which dtype the denoiser runs.
         name: where the pipeline was loaded from (its class name when built in memory).
     """
 
     def __init__(self, pipe):
         self.family: Family = family(pipe)
         self.pipe = pipe
-        self.unet = pipe.unet
+        self.unet = None if self.is_flow else pipe.unet
+        self.transformer = pipe.transformer if self.is_flow else None
+        self.denoiser = self.transformer if self.is_flow else self.unet
         self.vae = getattr(pipe, "vae", None) if self.family != "pixel" else None
+        if self.is_flow and self.vae is None:
+            raise ValueError(f"{type(pipe).__name__} has no vae; belm needs it to map images to latents")
         self.scheduler_config = dict(pipe.scheduler.config)
         self.schedule = schedule_from_config(self.scheduler_config)
         self.prediction_type = config_prediction_type(self.scheduler_config)
-        param = next(self.unet.parameters())
+        if self.is_flow != (self.prediction_type == "velocity"):
+            raise ValueError(
+                f"{type(pipe).__name__} has a {type(pipe.scheduler).__name__} ({self.scheduler_config.get('_class_name')}); "
+                + ("a flow model needs a FlowMatchEulerDiscreteScheduler config" if self.is_flow
+                   else "a flow-matching scheduler does not fit this ε/v-prediction UNet")
+            )
+        param = next(self.denoiser.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.name = str(getattr(pipe, "name_or_path", None) or type(pipe).__name__)
 
@@ -101,6 +140,11 @@ class PipelineAdapter:
         )
 
     # -- shape ---------------------------------------------------------------------------------
+    @property
+    def is_flow(self) -> bool:
+        """A rectified flow (SD3, Flux): the model gives v, the solver runs with prediction="velocity"."""
+        return self.family in FLOW_FAMILIES
+
     @property
     def is_conditional(self) -> bool:
         """Text-conditional (takes prompts)."""
@@ -116,30 +160,101 @@ class PipelineAdapter:
         return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        """(C, h, w) of one model-space sample at the native resolution."""
-        h, w = _pair(self.unet.config.sample_size)
-        return (int(self.unet.config.in_channels), h, w)
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one model-space sample at the native resolution: (C, h, w); Flux packed (L, 4C)."""
+        return self.model_shape(self.resolution)
+
+    def model_shape(self, size) -> tuple[int, ...]:
+        """Shape of one model-space sample for images of `size` (H, W) pixels (an int: square).
+
+        (C, H/f, W/f) with f the VAE factor; Flux: packed (L, 4C), L = (h/2)(w/2) tokens of
+        2×2 patches, h = 2⌊H/(2f)⌋ as FluxPipeline rounds it."""
+        H, W = _pair(size)
+        f = self.vae_scale_factor
+        if self.family == "flux":
+            h, w = 2 * (H // (2 * f)), 2 * (W // (2 * f))
+            return ((h // 2) * (w // 2), int(self.transformer.config.in_channels))
+        return (int(self.denoiser.config.in_channels), H // f, W // f)
+
+    def image_size(self, z: torch.Tensor) -> tuple[int, int]:
+        """(H, W) pixels of the images a model-space tensor `z` stands for. Flux's packed
+        latents keep only the token count L: they are taken as square ((h/2)² = L), and a
+        non-square one is a ValueError asking for the size."""
+        f = self.vae_scale_factor
+        if self.family != "flux":
+            return int(z.shape[-2]) * f, int(z.shape[-1]) * f
+        tokens = int(z.shape[1])
+        side = math.isqrt(tokens)
+        if side * side != tokens:
+            raise ValueError(
+                f"packed Flux latents with {tokens} tokens are not square; give the image size (size=(H, W) pixels, "
+                "as the pipeline's height= and width=)"
+            )
+        return 2 * side * f, 2 * side * f
+
+    def _sample_size(self) -> tuple[int, int]:
+        """The latent size the pipeline uses when no height/width is given."""
+        if self.family == "flux":
+            return _pair(self.pipe.default_sample_size)
+        return _pair(self.denoiser.config.sample_size)
 
     @property
     def resolution(self) -> int | tuple[int, int]:
-        """Native image size (UNet sample_size × VAE scale factor); an int for square models."""
-        h, w = (s * self.vae_scale_factor for s in _pair(self.unet.config.sample_size))
+        """Native image size (the denoiser's sample_size × VAE scale factor; Flux: the pipeline's
+        default_sample_size × factor, its default height/width); an int for square models."""
+        h, w = (s * self.vae_scale_factor for s in self._sample_size())
         return h if h == w else (h, w)
 
     @property
     def size_multiple(self) -> int:
-        """Image sizes must be multiples of this (VAE factor × the UNet's downsampling)."""
+        """Image sizes must be multiples of this (VAE factor × the UNet's downsampling, × the
+        transformer's patch size for SD3, × 2 for Flux's packing)."""
+        if self.family == "sd3":
+            return self.vae_scale_factor * int(self.transformer.config.patch_size)
+        if self.family == "flux":
+            return self.vae_scale_factor * 2
         return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
 
     # -- the grid ------------------------------------------------------------------------------
-    def solver(self, steps: int, method: str | Method = "o-belm", spacing: str | None = None) -> Solver:
+    def solver(
+        self, steps: int, method: str | Method = "o-belm", spacing: str | None = None, size=None,
+    ) -> Solver:
         """`Solver(schedule_from_config(cfg), steps=steps, method=method, **solver_options(cfg))`, cfg the
-        pipeline's scheduler config (float64 state); `spacing` replaces the config's `timestep_spacing`."""
+        pipeline's scheduler config (float64 state); `spacing` replaces the config's `timestep_spacing`.
+
+        Flows: `Solver(schedule, timesteps=flow_timesteps(steps, size), method=method,
+        prediction="velocity")`, the grid the pipeline's own call sets; `size` (H, W) pixels
+        (default the native resolution) matters for Flux (mu) and dynamically shifted SD3."""
         options = solver_options(self.scheduler_config)
+        if self.is_flow:
+            return Solver(self.schedule, timesteps=self.flow_timesteps(steps, size, spacing), method=method, **options)
         if spacing is not None:
             options["spacing"] = spacing
         return Solver(self.schedule, steps=steps, method=method, **options)
+
+    def flow_timesteps(self, steps: int, size=None, spacing: str | None = None) -> np.ndarray:
+        """Model times 1000·σ of the flow pipeline's own call with `num_inference_steps=steps` on
+        images of `size` (H, W) pixels (default the native resolution), as `FlowMatch.timesteps`:
+
+        - SD3: `timesteps(steps)`; with `use_dynamic_shifting` in the config,
+          mu = `mu_for((h/p)(w/p))` (p the patch size), as StableDiffusion3Pipeline computes it;
+        - Flux: `timesteps(sigmas=linspace(1, 1/N, N), mu=mu_for(L))` with L = (h/2)(w/2) the
+          packed token count (sigmas None when the config sets `use_flow_sigmas`). **The grid
+          depends on the image size.**
+        """
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise ValueError(f"steps={steps!r} must be a positive integer")
+        H, W = _pair(self.resolution if size is None else size)
+        mu, sigmas = None, None
+        if self.family == "flux":
+            if not self.scheduler_config.get("use_flow_sigmas"):
+                sigmas = np.linspace(1.0, 1 / steps, steps)
+            mu = self.schedule.mu_for(self.model_shape((H, W))[0]) if self.schedule.use_dynamic_shifting else None
+        elif self.schedule.use_dynamic_shifting:
+            p = int(self.transformer.config.patch_size)
+            _, h, w = self.model_shape((H, W))
+            mu = self.schedule.mu_for((h // p) * (w // p))
+        return self.schedule.timesteps(None if sigmas is not None else steps, spacing, mu=mu, sigmas=sigmas)
 
     # -- prompts -------------------------------------------------------------------------------
     @property
@@ -169,20 +284,9 @@ class PipelineAdapter:
         (`conditioning_size` gives those of another size). A prompt longer than the encoder's
         limit is cut there with a UserWarning naming the cut text (diffusers' own wording).
         """
-        self._check_conditional("prompt", prompt)
-        prompts = ["" if prompt is None else prompt]
-        if guided:
-            prompts.append("" if negative_prompt is None else negative_prompt)
-        for p in dict.fromkeys(prompts):
-            if not isinstance(p, str):
-                raise TypeError(f"prompt={p!r} must be a string")
-            cut = self.prompt_tokens(p).truncated
-            if cut:
-                warnings.warn(
-                    "The following part of your input was truncated because CLIP can only handle sequences up to "
-                    f"{self.max_prompt_tokens} tokens: {cut!r}",
-                    UserWarning, stacklevel=3,
-                )
+        if self.is_flow:
+            raise TypeError(f"encode_prompt gives UNet keywords; {self.family} is a flow model: use velocity_fn")
+        prompts = self._prompts(prompt, negative_prompt, guided)
         device = self.pipe._execution_device
         with _quiet(self.pipe.encode_prompt), torch.no_grad():  # its truncation message is the warning above
             if self.family == "sd":
@@ -197,6 +301,24 @@ class PipelineAdapter:
         if not guided:
             return cond, None
         return cond, {"encoder_hidden_states": neg, "added_cond_kwargs": {"text_embeds": neg_pooled, "time_ids": time_ids}}
+
+    def _prompts(self, prompt, negative_prompt, guided: bool) -> list[str]:
+        """[prompt] or [prompt, negative] with None as "", checked; warns about CLIP's truncation."""
+        self._check_conditional("prompt", prompt)
+        prompts = ["" if prompt is None else prompt]
+        if guided:
+            prompts.append("" if negative_prompt is None else negative_prompt)
+        for p in dict.fromkeys(prompts):
+            if not isinstance(p, str):
+                raise TypeError(f"prompt={p!r} must be a string")
+            cut = self.prompt_tokens(p).truncated
+            if cut:
+                warnings.warn(
+                    "The following part of your input was truncated because CLIP can only handle sequences up to "
+                    f"{self.max_prompt_tokens} tokens: {cut!r}",
+                    UserWarning, stacklevel=4,
+                )
+        return prompts
 
     def _time_ids(self, size, pooled: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """SDXL's micro-conditioning as the pipeline makes it by default: original and target size
@@ -230,6 +352,8 @@ class PipelineAdapter:
         zeros); g < 1 needs a negative prompt. Unconditional models take neither a prompt nor
         g ≠ 1. `size`: the image size in pixels (SDXL's time ids; default the native resolution).
         """
+        if self.is_flow:
+            raise TypeError(f"{self.family} is a flow model; it gives v, not ε: use velocity_fn (or model_fn)")
         if not self.is_conditional:
             for label, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
                 self._check_conditional(label, value)
@@ -248,11 +372,76 @@ class PipelineAdapter:
             conditioning=cond or None, negative_conditioning=uncond or None, **kw,
         )
 
+    def model_fn(
+        self,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        guidance_scale: float = 1.0,
+        size: int | tuple[int, int] | None = None,
+    ):
+        """What the solver calls: `eps_fn(...)` for the ε/v/x_0-prediction UNets, `velocity_fn(...)` for
+        the flows (the solver of `solver` takes ε or v accordingly)."""
+        fn = self.velocity_fn if self.is_flow else self.eps_fn
+        return fn(prompt, negative_prompt, guidance_scale, size=size)
+
+    def velocity_fn(
+        self,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        guidance_scale: float = 1.0,
+        size: int | tuple[int, int] | None = None,
+    ) -> SD3Velocity | FluxVelocity:
+        """v(x, t) of SD3 or Flux for a prompt (MATH.md §11), through the pipeline's `encode_prompt`.
+
+        SD3: true classifier-free guidance v = v_u + g (v_c − v_u) (`SD3Velocity`, one batched
+        call); g > 1 without a negative prompt guides away from the empty prompt encoded (the
+        pipeline's default); g < 1 needs a negative prompt; g = 1 is one unguided call.
+        Flux: g is the distilled guidance embedded into the transformer (`FluxVelocity`;
+        any finite g ≥ 0, see `check_flux_guidance`); a negative prompt (Flux's true CFG,
+        `true_cfg_scale`) is not supported. `size` (H, W) pixels fixes Flux's image ids
+        (default the native resolution).
+        """
+        if not self.is_flow:
+            raise TypeError(f"velocity_fn is for the flow families (sd3, flux); {self.family} gives ε: use eps_fn")
+        device = self.pipe._execution_device
+        if self.family == "sd3":
+            g = check_guidance(guidance_scale, negative_given=negative_prompt is not None, conditional=True)
+            guided = g != 1.0
+            prompts = self._prompts(prompt, negative_prompt, guided)
+            with _quiet(self.pipe.encode_prompt), torch.no_grad():
+                embeds, neg_embeds, pooled, neg_pooled = self.pipe.encode_prompt(
+                    prompt=prompts[0], prompt_2=None, prompt_3=None, device=device, num_images_per_prompt=1,
+                    do_classifier_free_guidance=guided, negative_prompt=negative_prompt,
+                )
+            return SD3Velocity(
+                self.transformer, embeds, pooled,
+                neg_embeds if guided else None, neg_pooled if guided else None, guidance_scale=g,
+            )
+        if negative_prompt is not None:
+            raise ValueError(
+                f"negative_prompt={negative_prompt!r}: Flux takes no negative prompt here (its guidance is the "
+                "distilled guidance_scale; FluxPipeline's true CFG with true_cfg_scale is not supported)"
+            )
+        g = check_flux_guidance(guidance_scale, guidance_embeds=bool(self.transformer.config.guidance_embeds))
+        prompts = self._prompts(prompt, None, False)
+        with _quiet(self.pipe.encode_prompt), torch.no_grad():
+            embeds, pooled, text_ids = self.pipe.encode_prompt(
+                prompt=prompts[0], prompt_2=None, device=device, num_images_per_prompt=1,
+            )
+        return FluxVelocity(self.transformer, embeds, pooled, text_ids, self._image_ids(size), guidance_scale=g)
+
+    def _image_ids(self, size) -> torch.Tensor:
+        """Flux's image position ids for images of `size` pixels (the pipeline's `_prepare_latent_image_ids`)."""
+        H, W = _pair(self.resolution if size is None else size)
+        f = self.vae_scale_factor
+        h, w = 2 * (H // (2 * f)), 2 * (W // (2 * f))
+        return self.pipe._prepare_latent_image_ids(1, h // 2, w // 2, self.device, self.dtype)
+
     def _check_conditional(self, label: str, value) -> None:
         if value is not None and not self.is_conditional:
             raise ValueError(
                 f"{label}={value!r} was given, but {self.name} is an unconditional model "
-                f"({type(self.unet).__name__}) and takes no prompt"
+                f"({type(self.denoiser).__name__}) and takes no prompt"
             )
 
     # -- images <-> model space ----------------------------------------------------------------
@@ -280,19 +469,54 @@ class PipelineAdapter:
         with _vae_precision(self.vae) as vae, torch.no_grad():
             mean = vae.encode(images.to(self.device, vae.dtype)).latent_dist.mean
         shift, scale = self._latent_affine(mean.ndim)
-        return (mean.to(torch.float64) - shift) * scale
+        return self.pack((mean.to(torch.float64) - shift) * scale)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Model space → images (N, 3, H, W) in [−1, 1] (not clamped), float32 on the CPU."""
+    def decode(self, z: torch.Tensor, size=None) -> torch.Tensor:
+        """Model space → images (N, 3, H, W) in [−1, 1] (not clamped), float32 on the CPU.
+
+        Flux: z is unpacked first (`unpack(z, size)`; `size` (H, W) pixels, default square)."""
         if not isinstance(z, torch.Tensor):
             raise TypeError(f"z must be a torch tensor, got {type(z).__name__}")
         if self.vae is None:
             return z.detach().to("cpu", torch.float32)
+        z = self.unpack(z, size)
         shift, scale = self._latent_affine(z.ndim)
         m = z.to(self.device, torch.float64) / scale + shift
         with _vae_precision(self.vae) as vae, torch.no_grad():
             images = vae.decode(m.to(vae.dtype)).sample
         return images.to("cpu", torch.float32)
+
+    def pack(self, z: torch.Tensor) -> torch.Tensor:
+        """Flux: latents (N, C, h, w) → packed 2×2 patches (N, (h/2)(w/2), 4C) (FluxPipeline's
+        `_pack_latents`); the identity for the other families."""
+        if self.family != "flux":
+            return z
+        n, c, h, w = z.shape
+        return self.pipe._pack_latents(z, n, c, h, w)
+
+    def unpack(self, z: torch.Tensor, size=None) -> torch.Tensor:
+        """Flux: packed (N, L, 4C) → (N, C, h, w) for images of `size` (H, W) pixels (default:
+        square, `image_size`) (FluxPipeline's `_unpack_latents`); the identity elsewhere."""
+        if self.family != "flux":
+            return z
+        if z.ndim != 3:
+            raise ValueError(f"Flux latents must be packed (N, L, C), got shape {tuple(z.shape)}")
+        size = self.image_size(z) if size is None else _pair(size)
+        if self.model_shape(size)[0] != z.shape[1]:
+            raise ValueError(f"size={size} gives {self.model_shape(size)[0]} packed tokens, but z has {z.shape[1]}")
+        return self.pipe._unpack_latents(z, size[0], size[1], self.vae_scale_factor)
+
+    def noise(self, num: int, size, generator: torch.Generator) -> torch.Tensor:
+        """x_T ~ N(0, I), float64 on the denoiser's device: `num` samples for images of `size`
+        pixels (Flux: drawn as (num, C, h, w) and packed, as FluxPipeline does)."""
+        shape = self.model_shape(size)
+        if self.family == "flux":
+            H, W = _pair(size)
+            f = self.vae_scale_factor
+            h, w = 2 * (H // (2 * f)), 2 * (W // (2 * f))
+            z = torch.randn((num, shape[1] // 4, h, w), generator=generator, dtype=torch.float64)
+            return self.pack(z).to(self.device)
+        return torch.randn((num, *shape), generator=generator, dtype=torch.float64).to(self.device)
 
     def _latent_affine(self, ndim: int):
         config = self.vae.config

@@ -1,10 +1,15 @@
 """Applications (MATH.md §7): reconstruction, editing, interpolation and sampling.
 
 Each function takes a loaded diffusers pipeline as it is (StableDiffusionPipeline,
-StableDiffusionXLPipeline, DDPMPipeline or DDIMPipeline; see `backends.pipelines`) and images
-as (N, 3, H, W) tensors in [−1, 1] (see `belm.images.load_image`), runs a `belm_core.Solver`
-with the state in float64 on the grid of the pipeline's scheduler config, and returns a small
-result object with the images and metrics.
+StableDiffusionXLPipeline, StableDiffusion3Pipeline, FluxPipeline, DDPMPipeline or
+DDIMPipeline; see `backends.pipelines`) and images as (N, 3, H, W) tensors in [−1, 1] (see
+`belm.images.load_image`), runs a `belm_core.Solver` with the state in float64 on the grid of
+the pipeline's scheduler config, and returns a small result object with the images and metrics.
+
+SD3 and Flux are rectified flows: the solver takes their velocity v (MATH.md §11) on the
+grid their pipelines' own calls set (`PipelineAdapter.flow_timesteps`; Flux's depends on
+the image size). Model-space tensors (`latents=`, `output_type="latent"`) are in the
+pipeline's own format: SD3 (N, 16, h, w), Flux packed (N, (h/2)(w/2), 64).
 
     pipe = DiffusionPipeline.from_pretrained("path/to/pipeline")   # or backends.unet.load_pipeline
     image = load_image("cat.png", 512)
@@ -102,19 +107,23 @@ def make_method(method: str | Method = "o-belm", *, gamma: float | None = None, 
     return m
 
 
-def make_solver(pipe, steps: int, method: str | Method = "o-belm", spacing: str | None = None) -> Solver:
+def make_solver(
+    pipe, steps: int, method: str | Method = "o-belm", spacing: str | None = None, size=None,
+) -> Solver:
     """The float64-state Solver for a pipeline: with cfg = `pipe.scheduler.config`,
 
         Solver(schedule_from_config(cfg), steps=steps, method=method, **solver_options(cfg))
 
     (`backends.config`), the grid `BELMScheduler.from_config(cfg)` builds, so latents move
     between the two. `spacing` replaces the config's `timestep_spacing` (an unavailable one:
-    the schedule's message)."""
-    return adapt(pipe).solver(steps, method, spacing)
+    the schedule's message). SD3/Flux: the grid of the pipeline's own call for images of
+    `size` (H, W) pixels (default the native resolution; Flux's grid depends on it), the one
+    `BELMFlowScheduler` builds inside that call (`PipelineAdapter.solver`)."""
+    return adapt(pipe).solver(steps, method, spacing, size=size)
 
 
-def _solver(pipe: PipelineAdapter, options: SamplingOptions) -> Solver:
-    return pipe.solver(options.steps, options.method, options.spacing)
+def _solver(pipe: PipelineAdapter, options: SamplingOptions, size: tuple[int, int]) -> Solver:
+    return pipe.solver(options.steps, options.method, options.spacing, size=size)
 
 
 def prompt_metrics(pipe, prompt: str | None, key: str = "prompt") -> dict[str, Any]:
@@ -128,8 +137,9 @@ def prompt_metrics(pipe, prompt: str | None, key: str = "prompt") -> dict[str, A
 
 
 def _eps(pipe: PipelineAdapter, options: SamplingOptions, prompt: str | None, size: tuple[int, int]):
-    """ε for `prompt` on images of `size` (H, W) pixels (SDXL's time ids depend on it)."""
-    return pipe.eps_fn(prompt, options.negative_prompt, options.guidance_scale, size=size)
+    """ε (v for SD3/Flux) for `prompt` on images of `size` (H, W) pixels (SDXL's time ids and
+    Flux's image ids depend on it)."""
+    return pipe.model_fn(prompt, options.negative_prompt, options.guidance_scale, size=size)
 
 
 #: tolerance on the [−1, 1] range of input images (rounding of a conversion, not a different range)
@@ -184,20 +194,27 @@ def invert(
     *,
     spacing: str | None = None,
     until: int | None = None,
+    size: int | tuple[int, int] | None = None,
     progress: bool = False,
 ) -> Latent:
     """The `Latent` from which sampling with the same ε rebuilds the input exactly.
 
     Give exactly one of `image` — a tensor (N, 3, H, W) in [−1, 1], or PIL images / NumPy
     arrays for the pipeline's `image_processor` — encoded by the VAE (posterior mean ×
-    scaling), or `latents`: model-space z0 (N, C, h, w) of any float dtype, which skips the VAE.
-    The solver state is float64; the Latent records `dtype` of the input.
+    scaling), or `latents`: model-space z0 of any float dtype in the pipeline's own format
+    ((N, C, h, w); Flux: packed (N, (h/2)(w/2), 64)), which skips the VAE. The solver state
+    is float64; the Latent records `dtype` of the input. `size` (H, W) pixels: the image size
+    of `latents` (default from their shape; needed only for non-square packed Flux latents).
 
     The grid is `make_solver(pipe, steps, method, spacing)`: by default the one
     `BELMScheduler.from_config(pipe.scheduler.config, method=method)` walks, so
     `scheduler.set_latent(latent)` followed by `pipe(prompt, latents=latent.states[0], …,
     guidance_scale=guidance_scale)` reconstructs z0 (same prompt, guidance and steps).
     `until` = K stops at grid index K (partial inversion for editing).
+
+    SD3 and Flux: the same with `BELMFlowScheduler.from_config(cfg, method=method)` and
+    `pipe(prompt, latents=latent.states[0].float(), num_inference_steps=steps,
+    guidance_scale=guidance_scale, output_type="latent")` (Flux: with the same height/width).
     """
     pipe = adapt(pipe)
     options = SamplingOptions(
@@ -207,23 +224,40 @@ def invert(
     if (image is None) == (latents is None):
         raise ValueError("give exactly one of image= (encoded by the VAE) and latents= (model-space z0)")
     if latents is not None:
-        z0 = _check_latents(pipe, latents)
-        size = (z0.shape[-2] * pipe.vae_scale_factor, z0.shape[-1] * pipe.vae_scale_factor)
+        z0, size = _check_latents(pipe, latents, size)
     else:
-        images = _check_image_batch(pipe, pipe.preprocess(image), "image")
+        if size is not None and isinstance(image, torch.Tensor):
+            raise ValueError("size= applies to latents= (and to PIL/NumPy images, resized to it); a tensor image has its own size")
+        images = _check_image_batch(pipe, pipe.preprocess(image, size), "image")
         z0, size = pipe.encode(images), _size(images)
-    solver = _solver(pipe, options)
+    solver = _solver(pipe, options, size)
     return solver.invert(_eps(pipe, options, options.prompt, size), z0, until=until, progress=options.progress)
 
 
-def _check_latents(pipe: PipelineAdapter, latents) -> torch.Tensor:
+def _check_latents(pipe: PipelineAdapter, latents, size=None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """latents on the model's device and the image size (H, W) they stand for."""
+    packed = pipe.family == "flux"
+    layout = "(N, L, C) packed" if packed else "(N, C, h, w)"
     if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
         kind = f"a {latents.dtype} tensor" if isinstance(latents, torch.Tensor) else type(latents).__name__
-        raise TypeError(f"latents must be a floating-point torch tensor (N, C, h, w), got {kind}")
-    channels = pipe.latent_shape[0]
-    if latents.ndim != 4 or latents.shape[1] != channels:
-        raise ValueError(f"latents must have shape (N, {channels}, h, w) for this model, got {tuple(latents.shape)}")
-    return latents.to(pipe.device)
+        raise TypeError(f"latents must be a floating-point torch tensor {layout}, got {kind}")
+    native = pipe.latent_shape
+    channels = native[-1] if packed else native[0]
+    if latents.ndim != 1 + len(native) or latents.shape[-1 if packed else 1] != channels:
+        want = f"(N, L, {channels}) (packed 2×2 patches)" if packed else f"(N, {channels}, h, w)"
+        raise ValueError(f"latents must have shape {want} for this model, got {tuple(latents.shape)}")
+    if size is None:
+        size = pipe.image_size(latents)
+    else:
+        from .images import _size as image_size
+
+        size = image_size(size)
+        if pipe.model_shape(size) != tuple(latents.shape[1:]):
+            raise ValueError(
+                f"size={size} gives model-space samples of shape {pipe.model_shape(size)}, but the latents are "
+                f"{tuple(latents.shape)}"
+            )
+    return latents.to(pipe.device), size
 
 
 # ---------------------------------------------------------------------------------
@@ -269,7 +303,7 @@ def reconstruct(
     )
     pipe = adapt(pipe)
     image = _check_image_batch(pipe, image, "image")
-    solver = _solver(pipe, options)
+    solver = _solver(pipe, options, _size(image))
     eps_model = _eps(pipe, options, options.prompt, _size(image))
     calls = [0]
 
@@ -280,10 +314,10 @@ def reconstruct(
     z0 = pipe.encode(image)
     latent = solver.invert(eps, z0, progress=options.progress)
     z0_rec = solver.sample(eps, latent, progress=options.progress)
-    rec = pipe.decode(z0_rec)
+    rec = pipe.decode(z0_rec, _size(image))
     metrics: dict[str, Any] = round_trip_metrics(image, z0, z0_rec, rec)
     if pipe.is_latent:
-        metrics["vae_pixel_mse"] = pixel_mse(image, pipe.decode(z0))
+        metrics["vae_pixel_mse"] = pixel_mse(image, pipe.decode(z0, _size(image)))
     metrics.update(
         method=solver.method.signature(), steps=solver.steps, eps_calls=calls[0],
         **prompt_metrics(pipe, options.prompt), guidance_scale=options.guidance_scale,
@@ -341,7 +375,7 @@ def edit(
     if not pipe.is_conditional:
         raise ValueError(f"edit needs a text-conditional model; {pipe.name} is unconditional (no prompts)")
     image = _check_image_batch(pipe, image, "image")
-    solver = _solver(pipe, options)
+    solver = _solver(pipe, options, _size(image))
     low, N = solver.until_range
     if isinstance(freeze, bool) or not isinstance(freeze, (int, np.integer)) or not 0 <= freeze <= N - low:
         raise ValueError(
@@ -355,7 +389,7 @@ def edit(
     latent = solver.invert(eps_src, z0, until=until, progress=options.progress)
     z_rec = solver.sample(eps_src, latent, progress=options.progress)
     z_edit = solver.sample(eps_tgt, latent, progress=options.progress)
-    rec, edited = pipe.decode(z_rec), pipe.decode(z_edit)
+    rec, edited = pipe.decode(z_rec, _size(image)), pipe.decode(z_edit, _size(image))
     metrics = {
         **round_trip_metrics(image, z0, z_rec, rec),
         "edit_pixel_mse": pixel_mse(image, edited),
@@ -410,7 +444,7 @@ def interpolate(
         raise ValueError(
             f"image_a and image_b must be single images of one size, got {tuple(image_a.shape)} and {tuple(image_b.shape)}"
         )
-    solver = _solver(pipe, options)
+    solver = _solver(pipe, options, _size(image_a))
     eps = _eps(pipe, options, options.prompt, _size(image_a))
     images = torch.cat([image_a, image_b])
     latent = solver.invert(eps, pipe.encode(images), progress=options.progress)
@@ -419,7 +453,7 @@ def interpolate(
         torch.cat([slerp(s[0:1], s[1:2], w) for w in weights]) for s in latent.states
     )
     z = solver.sample(eps, latent.replace(states=states), progress=options.progress)
-    out = pipe.decode(z)
+    out = pipe.decode(z, _size(image_a))
     metrics = {
         "pixel_mse_first_to_a": pixel_mse(image_a, out[:1]),
         "pixel_mse_last_to_b": pixel_mse(image_b, out[-1:]),
@@ -452,9 +486,11 @@ def sample(
     """Images (num, 3, H, W) in [−1, 1] (`output_type="image"`) or model-space z0 (float64,
     `output_type="latent"`).
 
-    From x_T ~ N(0, I) (`num` images, default 4; float64 noise from a CPU generator seeded with
-    `seed`, so results do not depend on the device), or from a `latent` made by `invert` (its
-    batch; exact reconstruction with the same prompt, guidance, steps and method). Settings:
+    From x_T ~ N(0, I) (`num` images, default 4, of `size` pixels, default the native resolution;
+    float64 noise from a CPU generator seeded with `seed`, so results do not depend on the
+    device; Flux: drawn unpacked and packed), or from a `latent` made by `invert` (its batch;
+    exact reconstruction with the same prompt, guidance, steps and method; `size` only for a
+    non-square Flux latent). Settings:
     `options`, with the keyword arguments given overriding its fields."""
     options = SamplingOptions.merge(
         options, prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale, steps=steps,
@@ -463,30 +499,27 @@ def sample(
     if output_type not in ("image", "latent"):
         raise ValueError(f"output_type={output_type!r} must be 'image' or 'latent'")
     pipe = adapt(pipe)
-    solver = _solver(pipe, options)
     if latent is not None:
         if not isinstance(latent, Latent):
             raise TypeError(f"latent must be a belm_core.Latent (from invert), got {type(latent).__name__}")
-        if num is not None or size is not None:
-            raise ValueError("num= and size= come from the latent; leave them None when latent= is given")
+        if num is not None or (size is not None and pipe.family != "flux"):
+            raise ValueError("num= and size= come from the latent; leave them None when latent= is given "
+                             "(size= is taken only for a non-square Flux latent)")
         start = latent
-        shape = tuple(latent.states[0].shape)
+        # Flux's packed latents keep only their token count: size= names a non-square image size
+        _, size = _check_latents(pipe, latent.states[0], size)
     else:
         num = 4 if num is None else num
         if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
             raise ValueError(f"num={num!r} must be a positive integer")
-        c, h, w = pipe.latent_shape
-        if size is not None:
-            from .images import _size as image_size
+        from .images import _size as image_size
 
-            H, W = image_size(size)
-            m = pipe.size_multiple
-            if H % m or W % m:
-                raise ValueError(f"size={size!r}: this model needs sizes divisible by {m}")
-            h, w = H // pipe.vae_scale_factor, W // pipe.vae_scale_factor
-        gen = torch.Generator().manual_seed(int(seed))
-        start = torch.randn((int(num), c, h, w), generator=gen, dtype=torch.float64).to(pipe.device)
-        shape = tuple(start.shape)
-    eps = _eps(pipe, options, options.prompt, (shape[-2] * pipe.vae_scale_factor, shape[-1] * pipe.vae_scale_factor))
+        size = image_size(pipe.resolution if size is None else size)
+        m = pipe.size_multiple
+        if size[0] % m or size[1] % m:
+            raise ValueError(f"size={size!r}: this model needs sizes divisible by {m}")
+        start = pipe.noise(int(num), size, torch.Generator().manual_seed(int(seed)))
+    solver = _solver(pipe, options, size)
+    eps = _eps(pipe, options, options.prompt, size)
     z = solver.sample(eps, start, progress=options.progress)
-    return z if output_type == "latent" else pipe.decode(z)
+    return z if output_type == "latent" else pipe.decode(z, size)

@@ -4,6 +4,12 @@
     belm edit --model DIR --image cat.png --source-prompt "a cat" --target-prompt "a dog" --freeze 2 --out out/
     belm interpolate --model DIR --image a.png --image b.png --frames 5 --out out/
     belm sample --model DIR --prompt "a cat" --guidance 7.5 --num 4 --seed 0 --out out/
+    belm reconstruct --model FLUX_DIR --image cat.png --prompt "a cat" --guidance 3.5 --size 1024 --out out/
+
+Models: Stable Diffusion 1.x/2.x, SDXL, SD3/3.5, Flux and pixel DDPM/DDIM pipelines. For SD3,
+--guidance is true classifier-free guidance (as SD1/SDXL); for Flux it is the distilled
+guidance the transformer embeds (FLUX.1-dev: about 3.5; any value ≥ 0, no --negative-prompt).
+Flux's grid depends on the image size (--size, default the pipeline's 1024 px).
 
 Each writes PNGs and a metrics.json into --out; with --json the metrics are also printed
 as one JSON object on the last line of stdout. Progress bars go to stderr.
@@ -31,7 +37,7 @@ __all__ = ["register"]
 def _common(p: argparse.ArgumentParser, *, prompt: bool = True) -> None:
     p.add_argument("--model", required=True,
                    help="diffusers pipeline folder (save_pretrained layout) or hub id: Stable Diffusion 1.x/2.x, SDXL, "
-                        "pixel DDPM/DDIM")
+                        "SD3, Flux, pixel DDPM/DDIM")
     p.add_argument("--out", required=True, help="output folder (created; a non-empty one needs --overwrite)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the contents of a non-empty --out (only once the new run has finished)")
@@ -41,13 +47,14 @@ def _common(p: argparse.ArgumentParser, *, prompt: bool = True) -> None:
     p.add_argument("--p", type=float, default=None, help="EDICT's mixing weight (with --method edict; default 0.93)")
     p.add_argument("--spacing", default=None, metavar="SPACING",
                    help=f"timestep spacing, one of {', '.join(DiscreteVP.spacings)} (default the timestep_spacing of "
-                        "the model's scheduler config)")
+                        "the model's scheduler config; SD3/Flux: their pipelines' own grid, linspace)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default cuda when available)")
     p.add_argument("--dtype", default=None, help="model dtype: float32, float16, bfloat16 (default fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--size", type=int, default=None, help="image size in pixels (default the model's native resolution)")
     if prompt:
         p.add_argument("--guidance", type=float, default=1.0,
-                       help="classifier-free guidance scale g (default 1: no guidance; e.g. 7.5 for Stable Diffusion)")
+                       help="classifier-free guidance scale g (default 1: no guidance; e.g. 7.5 for Stable Diffusion); "
+                            "for Flux the distilled guidance (e.g. 3.5 for FLUX.1-dev)")
         p.add_argument("--negative-prompt", default=None, help="negative prompt for guidance (default the empty prompt)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object on the last line")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -111,12 +118,23 @@ def _prepare(args, images: tuple = ()):
     if args.size is not None and args.size < 1:
         raise ValueError(f"--size={args.size} must be a positive integer")
     if hasattr(args, "guidance"):  # the model-dependent rule (g ≠ 1 needs a condition) comes after loading
-        check_guidance(args.guidance, negative_given=args.negative_prompt is not None, conditional=True,
+        # Flux's distilled guidance is an input of the model: g < 1 needs no negative branch there
+        distilled = _pipeline_class(args.model) == "FluxPipeline"
+        check_guidance(args.guidance, negative_given=distilled or args.negative_prompt is not None, conditional=True,
                        name="--guidance", negative_name="--negative-prompt")
     resolve_dtype(args.dtype, resolve_device(args.device))
     for path in images:
         check_image_path(path)
     return method, OutputFolder(args.out, overwrite=args.overwrite, option="--out")
+
+
+def _pipeline_class(model) -> str | None:
+    """`_class_name` of a local pipeline folder's model_index.json (None when it cannot be read:
+    the loader reports that)."""
+    try:
+        return json.loads((Path(model).expanduser() / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _setup(args, method):
@@ -135,8 +153,18 @@ def _setup(args, method):
         guidance_scale=getattr(args, "guidance", 1.0), steps=args.steps, method=method, spacing=args.spacing,
         progress=not args.no_progress,
     )
-    make_solver(pipe, options.steps, options.method, options.spacing)
-    return pipe, options, (args.size if args.size is not None else pipe.resolution)
+    size = args.size if args.size is not None else pipe.resolution
+    make_solver(pipe, options.steps, options.method, options.spacing, size=size)
+    if pipe.family == "flux" and hasattr(args, "guidance"):
+        from backends.transformer import check_flux_guidance
+
+        check_flux_guidance(args.guidance, guidance_embeds=bool(pipe.transformer.config.guidance_embeds), name="--guidance")
+        if args.negative_prompt is not None:
+            raise ValueError(
+                "--negative-prompt: Flux takes no negative prompt (its --guidance is the distilled guidance; "
+                "FluxPipeline's true CFG is not supported)"
+            )
+    return pipe, options, size
 
 
 def _jsonable(value: Any) -> Any:
