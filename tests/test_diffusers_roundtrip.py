@@ -9,7 +9,7 @@ diffusers = pytest.importorskip("diffusers")
 
 import belm.apps  # noqa: E402
 from backends.schedulers import BELMInverseScheduler, BELMScheduler  # noqa: E402
-from tiny_pipelines import tiny_sd_pipeline, tiny_sdxl_pipeline  # noqa: E402
+from tiny_pipelines import IMAGE_SIZE, tiny_sd_pipeline, tiny_sdxl_pipeline  # noqa: E402
 
 CASES = {
     "sd-eps-g3": (lambda: tiny_sd_pipeline("epsilon"), 3.0),
@@ -65,3 +65,29 @@ def test_inverse_scheduler_inside_the_pipeline_matches_apps_invert(case):
     for a, b in zip(latent.states, ours.states):
         assert torch.equal(a.cpu(), b.cpu())  # same ε bits in both loops
     assert _mse(_reconstruct(pipe, cfg, latent, g), z0) <= 1e-16
+
+
+# --- issue 8: the same on rectified-flow pipelines (SD3 true CFG, Flux distilled guidance) ---------
+def _flow_case(name):
+    from tiny_pipelines import FLUX_SIZE, tiny_flux_pipeline, tiny_sd3_pipeline  # noqa: F401
+
+    if name == "sd3-g3":
+        return tiny_sd3_pipeline(), 3.0, {}
+    return tiny_flux_pipeline(), 3.5, dict(FLUX_SIZE)
+
+
+@pytest.mark.parametrize("name", ["sd3-g3", "flux-g3.5"])
+def test_flow_apps_invert_then_pipeline_call_reconstructs(name):
+    from backends.pipelines import adapt
+    from backends.schedulers import BELMFlowScheduler
+
+    pipe, g, size = _flow_case(name)
+    pipe.set_progress_bar_config(disable=True)
+    cfg = pipe.scheduler.config
+    z0 = adapt(pipe).noise(1, IMAGE_SIZE, torch.Generator().manual_seed(0)).float()  # the pipeline's latent format
+    latent = belm.apps.invert(pipe, latents=z0, prompt="a cat", guidance_scale=g, steps=8)
+    pipe.scheduler = BELMFlowScheduler.from_config(cfg, method="o-belm")
+    pipe.scheduler.set_latent(latent)
+    out = pipe("a cat", latents=latent.states[0].float(), num_inference_steps=8, guidance_scale=g,
+               output_type="latent", **size).images
+    assert _mse(out, z0) <= 1e-16
