@@ -49,7 +49,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from belm_core import Method, Solver
+from belm_core import DiscreteVP, Method, Solver, recommended
 
 from .config import prediction_type as config_prediction_type
 from .config import schedule_from_config, solver_options
@@ -217,15 +217,27 @@ class PipelineAdapter:
 
     # -- the grid ------------------------------------------------------------------------------
     def solver(
-        self, steps: int, method: str | Method = "o-belm", spacing: str | None = None, size=None,
+        self, steps: int, method: str | Method | None = "o-belm", spacing: str | None = None, size=None,
+        *, from_noise: bool = False,
     ) -> Solver:
         """`Solver(schedule_from_config(cfg), steps=steps, method=method, **solver_options(cfg))`, cfg the
         pipeline's scheduler config (float64 state); `spacing` replaces the config's `timestep_spacing`.
 
         Flows: `Solver(schedule, timesteps=flow_timesteps(steps, size), method=method,
         prediction="velocity")`, the grid the pipeline's own call sets; `size` (H, W) pixels
-        (default the native resolution) matters for Flux (mu) and dynamically shifted SD3."""
+        (default the native resolution) matters for Flux (mu) and dynamically shifted SD3.
+
+        method=None is the default choice: with `from_noise=True` on a `DiscreteVP` schedule,
+        `belm_core.recommended(schedule, steps)` (the exact sampler most accurate at low step
+        counts in benchmarks/RESULTS.md; its spacing unless `spacing` is given); otherwise
+        O-BELM, whose inverted latents match what `BELMScheduler.from_config(cfg)` samples.
+        """
         options = solver_options(self.scheduler_config)
+        if method is None:
+            method = "o-belm"
+            if from_noise and isinstance(self.schedule, DiscreteVP):
+                options.update(recommended(self.schedule, steps))
+                method = options.pop("method")
         if self.is_flow:
             return Solver(self.schedule, timesteps=self.flow_timesteps(steps, size, spacing), method=method, **options)
         if spacing is not None:

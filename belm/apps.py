@@ -93,8 +93,15 @@ def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
 # ---------------------------------------------------------------------------------
 # Solvers
 # ---------------------------------------------------------------------------------
-def make_method(method: str | Method = "o-belm", *, gamma: float | None = None, p: float | None = None) -> Method:
-    """A Method from a registered name; `gamma` sets BDIA's γ, `p` EDICT's mixing weight."""
+def make_method(
+    method: str | Method | None = "o-belm", *, gamma: float | None = None, p: float | None = None
+) -> Method | None:
+    """A Method from a registered name; `gamma` sets BDIA's γ, `p` EDICT's mixing weight.
+    None stays None (the application's default choice, see `SamplingOptions.method`)."""
+    if method is None:
+        if gamma is not None or p is not None:
+            raise ValueError("gamma= and p= need an explicit method ('bdia' or 'edict')")
+        return None
     m = get_method(method)
     if gamma is not None:
         if not isinstance(m, BDIA):
@@ -122,8 +129,9 @@ def make_solver(
     return adapt(pipe).solver(steps, method, spacing, size=size)
 
 
-def _solver(pipe: PipelineAdapter, options: SamplingOptions, size: tuple[int, int]) -> Solver:
-    return pipe.solver(options.steps, options.method, options.spacing, size=size)
+def _solver(pipe: PipelineAdapter, options: SamplingOptions, size: tuple[int, int], *, from_noise: bool = False) -> Solver:
+    """The Solver for `options` (method None: the adapter's default choice, see `PipelineAdapter.solver`)."""
+    return pipe.solver(options.steps, options.method, options.spacing, size=size, from_noise=from_noise)
 
 
 def prompt_metrics(pipe, prompt: str | None, key: str = "prompt") -> dict[str, Any]:
@@ -519,7 +527,7 @@ def sample(
         if size[0] % m or size[1] % m:
             raise ValueError(f"size={size!r}: this model needs sizes divisible by {m}")
         start = pipe.noise(int(num), size, torch.Generator().manual_seed(int(seed)))
-    solver = _solver(pipe, options, size)
+    solver = _solver(pipe, options, size, from_noise=not isinstance(start, Latent))
     eps = _eps(pipe, options, options.prompt, size)
     z = solver.sample(eps, start, progress=options.progress)
     return z if output_type == "latent" else pipe.decode(z, size)

@@ -42,7 +42,10 @@ def _common(p: argparse.ArgumentParser, *, prompt: bool = True) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the contents of a non-empty --out (only once the new run has finished)")
     p.add_argument("--steps", type=int, default=50, help="number of sampling steps N (default 50)")
-    p.add_argument("--method", default="o-belm", choices=sorted(METHODS), help="sampler (default o-belm)")
+    p.add_argument("--method", default=None, choices=sorted(METHODS),
+                   help="sampler (default: o-belm on the model's own grid; for `sample` on DDPM/SD-type models "
+                        "the recommended low-step exact sampler, belm_core.recommended: dpl-ob, trailing grid, "
+                        "predictor-corrector start)")
     p.add_argument("--gamma", type=float, default=None, help="BDIA's γ (with --method bdia; default 1)")
     p.add_argument("--p", type=float, default=None, help="EDICT's mixing weight (with --method edict; default 0.93)")
     p.add_argument("--spacing", default=None, metavar="SPACING",
@@ -239,7 +242,7 @@ def run_edit(args) -> int:
     if args.steps >= 1:  # (_prepare reports a bad --steps)
         from .apps import make_method
 
-        low, N = until_range(make_method(args.method, gamma=args.gamma, p=args.p), args.steps)
+        low, N = until_range(make_method(args.method, gamma=args.gamma, p=args.p) or "o-belm", args.steps)
         if not 0 <= args.freeze <= N - low:
             raise ValueError(
                 f"--freeze={args.freeze} must be in [0, {N - low}] (steps={N}; the method keeps at least {low} "
@@ -285,6 +288,8 @@ def run_sample(args) -> int:
         images = apps.sample(pipe, num=args.num, seed=args.seed, size=args.size, options=options)
         files = {f"sample_{k:03d}.png": im for k, im in enumerate(images)}
         files["grid.png"] = image_grid(images)
-        metrics = {"num": args.num, "seed": args.seed, "method": options.method.signature(), "steps": args.steps,
+        solver = pipe.solver(options.steps, options.method, options.spacing, size=size, from_noise=True)
+        metrics = {"num": args.num, "seed": args.seed, "method": solver.method.signature(), "steps": args.steps,
+                   "first_timestep": float(solver.timesteps[0]), "startup": solver.startup,
                    **apps.prompt_metrics(pipe, args.prompt), "guidance_scale": options.guidance_scale}
         return _finish(args, out, metrics, files)

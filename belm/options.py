@@ -35,7 +35,11 @@ class SamplingOptions:
         negative_prompt: the negative branch of classifier-free guidance (None: the empty prompt).
         guidance_scale: g in ε = ε_u + g (ε_c − ε_u) (MATH.md §7); 1 is no guidance.
         steps: number of sampling steps N.
-        method: a registered method name ("o-belm", "bdia", "edict", "ddim", "belm3") or a `Method`.
+        method: a registered method name ("o-belm", "dpl-ob", "bdia", "edict", "ddim", "belm3") or a
+            `Method`; None (default) is the application's choice: `belm_core.recommended` (dpl-ob,
+            trailing grid, predictor–corrector start) when sampling from noise on a DDPM/SD-type
+            schedule, O-BELM on the pipeline's own grid otherwise (inversion, reconstruction,
+            editing, interpolation, flow models): see `backends.pipelines.PipelineAdapter.solver`.
         spacing: timestep layout; one of the model schedule's `spacings` (None: its default).
         progress: show progress bars (on stderr).
     """
@@ -44,7 +48,7 @@ class SamplingOptions:
     negative_prompt: str | None = None
     guidance_scale: float = 1.0
     steps: int = 50
-    method: str | Method = "o-belm"
+    method: str | Method | None = None
     spacing: Spacing | None = None
     progress: bool = False
 
@@ -63,7 +67,7 @@ class SamplingOptions:
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
             raise ValueError(f"steps={steps!r} must be a positive integer")
         object.__setattr__(self, "steps", int(steps))
-        if not isinstance(self.method, Method):
+        if self.method is not None and not isinstance(self.method, Method):
             get_method(self.method)  # an unknown name: ValueError listing the registered ones
         if self.spacing is not None and not isinstance(self.spacing, str):
             raise TypeError(f"spacing={self.spacing!r} must be a string or None")
