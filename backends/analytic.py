@@ -1,7 +1,7 @@
 """Exact ε-prediction and exact flow velocity of Gaussian-mixture data: model-free backends with a known answer.
 
 A diffusion state is x_t = α_t x_0 + σ_t n (n ~ N(0, I)). In the "bar" variables
-(MATH.md §1)
+(docs/math.md §1)
 
     x̄ = x / α,    σ̄ = σ / α,    x̄ = x_0 + σ̄ n,
 
@@ -31,7 +31,7 @@ tolerances; it is the reference solution samplers are measured against.
 ``belm_core`` solvers call; it accepts numpy arrays or torch tensors (torch is imported
 lazily, only when a tensor comes in).
 
-Rectified flow (MATH.md §11). The same data under x_σ = (1 − σ) x_0 + σ n, σ ∈ [0, 1]
+Rectified flow (docs/math.md §11). The same data under x_σ = (1 − σ) x_0 + σ n, σ ∈ [0, 1]
 (α = 1 − σ), has the exact velocity v*(x, σ) = E[n − x_0 | x_σ = x], the derivative of the
 flow ODE dx/dσ = v*. Per component k, x_σ | k ~ N((1 − σ) μ_k, V_k), V_k = (1 − σ)² s_k² + σ²,
 with Cov(x_0, x_σ) = (1 − σ) s_k² and Cov(n, x_σ) = σ, so

@@ -1,4 +1,4 @@
-"""Classifier-free guidance: the one check of the guidance scale g (MATH.md §7).
+"""Classifier-free guidance: the one check of the guidance scale g (docs/math.md §7).
 
     ε = ε_u + g (ε_c − ε_u)
 

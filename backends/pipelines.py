@@ -21,7 +21,7 @@ One small adapter per pipeline family; nothing is re-implemented:
   `BELMScheduler` builds from the same config: a latent made here is accepted there;
 - images go through `pipe.vae` (and `pipe.image_processor` for PIL/NumPy input).
 
-Rectified flows (SD3, Flux; MATH.md §11) give v instead of ε (`model_fn` = `velocity_fn`,
+Rectified flows (SD3, Flux; docs/math.md §11) give v instead of ε (`model_fn` = `velocity_fn`,
 `backends.transformer`) and the solver runs with `prediction="velocity"`. Their grid is the
 one the pipeline's own call asks its scheduler for: SD3 `FlowMatch.timesteps(N)` (with `mu`
 from the latent's token count only when the config has `use_dynamic_shifting`); Flux
@@ -32,7 +32,7 @@ are in the pipeline's own format: SD3 (N, 16, h, w); Flux packed (N, (h/2)(w/2),
 after the VAE encodes and unpacked before it decodes (`pack`, `unpack`).
 
 Guidance differs from the pipelines in one case: diffusers runs no guidance at all for
-g < 1, while here g < 1 with a negative prompt is ε = ε_u + g (ε_c − ε_u) (MATH.md §7).
+g < 1, while here g < 1 with a negative prompt is ε = ε_u + g (ε_c − ε_u) (docs/math.md §7).
 SD3 guides v the same way (true CFG, one batched call). Flux's g is the distilled guidance
 embedded into the transformer (`backends.transformer.check_flux_guidance`: any finite g ≥ 0,
 no negative branch); Flux's true CFG (`true_cfg_scale` with a negative prompt) is not supported.
@@ -357,7 +357,7 @@ class PipelineAdapter:
         guidance_scale: float = 1.0,
         size: int | tuple[int, int] | None = None,
     ) -> UNetEps:
-        """ε(x, t) for a prompt with classifier-free guidance g (MATH.md §7).
+        """ε(x, t) for a prompt with classifier-free guidance g (docs/math.md §7).
 
         Conditional models: no prompt is the empty prompt; g > 1 without a negative prompt
         guides away from the pipeline's default negative (SD: the empty prompt; SDXL base:
@@ -403,7 +403,7 @@ class PipelineAdapter:
         guidance_scale: float = 1.0,
         size: int | tuple[int, int] | None = None,
     ) -> SD3Velocity | FluxVelocity:
-        """v(x, t) of SD3 or Flux for a prompt (MATH.md §11), through the pipeline's `encode_prompt`.
+        """v(x, t) of SD3 or Flux for a prompt (docs/math.md §11), through the pipeline's `encode_prompt`.
 
         SD3: true classifier-free guidance v = v_u + g (v_c − v_u) (`SD3Velocity`, one batched
         call); g > 1 without a negative prompt guides away from the empty prompt encoded (the

@@ -37,7 +37,7 @@ Timesteps are int64 training timesteps.
 `FlowMatchEulerDiscreteScheduler.set_timesteps(N, sigmas=, mu=)` makes (float32, σ = 1 first),
 or explicit `timesteps=` used as given (σ = t/T). The recurrence runs in the flow's own
 coordinates (x, σ) with the velocity v = dx/dσ as model output (`prediction="velocity"`,
-MATH.md §11), so both sampling from pure noise and inversion up to σ = 1 are regular. `sigmas`
+docs/math.md §11), so both sampling from pure noise and inversion up to σ = 1 are regular. `sigmas`
 exposes the grid's σ_N … σ_1 and the appended 0 (float32), as diffusers does.
 
 **Precision.** The scheduler keeps its own float64 copy of the states; `prev_sample` is
@@ -654,7 +654,7 @@ class BELMScheduler(_Sampling, _VPFamily):
         steps_offset, timestep_spacing: the grid layout ("leading", "trailing", "linspace").
         prediction_type: what the model predicts ("epsilon", "v_prediction", "sample").
         method: "o-belm" (default; eq. 18, second order), "bdia" (with `gamma`) or "ddim".
-        gamma: BDIA's γ (MATH.md §6); ignored by the other methods.
+        gamma: BDIA's γ (docs/math.md §6); ignored by the other methods.
 
     Precision and the re-sync rule: see the module docstring. `set_latent(latent)` makes the
     next run reconstruct an inverted latent exactly. A flow config is refused (`BELMFlowScheduler`).
@@ -685,7 +685,7 @@ class BELMFlowScheduler(_Sampling, _FlowFamily):
 
     Drop-in for `FlowMatchEulerDiscreteScheduler`: `pipe.scheduler = BELMFlowScheduler.from_config(
     pipe.scheduler.config, method="o-belm")`. The model output is the velocity v = dx/dσ = n − x_0
-    and the recurrence runs in (x, σ) (MATH.md §11); method="ddim" is the Euler step
+    and the recurrence runs in (x, σ) (docs/math.md §11); method="ddim" is the Euler step
     x_{i−1} = x_i + (σ_{i−1} − σ_i) v, diffusers' own update.
 
     Args (FlowMatchEulerDiscreteScheduler's keys, read by `backends.config.flow_schedule_from_config`):
@@ -694,7 +694,7 @@ class BELMFlowScheduler(_Sampling, _FlowFamily):
         use_dynamic_shifting, base_shift, max_shift, base_image_seq_len, max_image_seq_len,
         time_shift_type: Flux's resolution-dependent shift by `mu` (passed to `set_timesteps`).
         method: "o-belm" (default; eq. 18, second order), "bdia" (with `gamma`) or "ddim" (Euler).
-        gamma: BDIA's γ (MATH.md §6); ignored by the other methods.
+        gamma: BDIA's γ (docs/math.md §6); ignored by the other methods.
         invert_sigmas, shift_terminal, use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas,
         stochastic_sampling: not reproduced; a config setting any of them is refused (ValueError).
 

@@ -1,6 +1,6 @@
 """Diffusers backend: an SD3 or Flux transformer as the velocity function `v_fn(x, t)`.
 
-Rectified-flow models (MATH.md §11) predict the velocity v = n − x_0 = dx/dσ at
+Rectified-flow models (docs/math.md §11) predict the velocity v = n − x_0 = dx/dσ at
 x_σ = (1 − σ) x_0 + σ n, and `belm_core.Solver(..., prediction="velocity")` calls
 v_fn(x, t) with the model time t = 1000·σ. Two wrappers, the analogues of `UNetEps`:
 
@@ -97,7 +97,7 @@ def _expand(value: torch.Tensor, batch: int, name: str) -> torch.Tensor:
 
 
 class SD3Velocity(_Velocity):
-    """v(x, t) of an `SD3Transformer2DModel`, with true classifier-free guidance (MATH.md §7, §11).
+    """v(x, t) of an `SD3Transformer2DModel`, with true classifier-free guidance (docs/math.md §7, §11).
 
         v = v_u + g (v_c − v_u),   [v_u; v_c] = transformer([x; x], t, [e_u; e_c], [p_u; p_c])
 
@@ -167,7 +167,7 @@ class SD3Velocity(_Velocity):
 
 
 class FluxVelocity(_Velocity):
-    """v(x, t) of a `FluxTransformer2DModel` on packed latents x (B, (h/2)(w/2), 4C) (MATH.md §11).
+    """v(x, t) of a `FluxTransformer2DModel` on packed latents x (B, (h/2)(w/2), 4C) (docs/math.md §11).
 
         v = transformer(x, t/1000, guidance=g, pooled, embeds, txt_ids, img_ids)
 

@@ -10,9 +10,9 @@ the schedule (float64):
     "sample":        ε = (x_t − α_t x̂_0(x_t, t)) / σ_t          (x_0-prediction)
 
 and classifier-free guidance is ε = ε_u + g (ε_c − ε_u), with the unconditional and the
-conditional branch in ONE batched UNet call (MATH.md §7).
+conditional branch in ONE batched UNet call (docs/math.md §7).
 
-Precision (MATH.md §8): the solver state x stays in its own dtype (float64 by default);
+Precision (docs/math.md §8): the solver state x stays in its own dtype (float64 by default);
 only the UNet runs in the model's dtype (fp16/bf16 on CUDA, fp32 on CPU). The
 conversion above is done in x's dtype, from the float64 x and the upcast model output.
 

@@ -1,4 +1,4 @@
-"""Applications (MATH.md §7): reconstruction, editing, interpolation and sampling.
+"""Applications (docs/math.md §7): reconstruction, editing, interpolation and sampling.
 
 Each function takes a loaded diffusers pipeline as it is (StableDiffusionPipeline,
 StableDiffusionXLPipeline, StableDiffusion3Pipeline, FluxPipeline, DDPMPipeline or
@@ -6,7 +6,7 @@ DDIMPipeline; see `backends.pipelines`) and images as (N, 3, H, W) tensors in [�
 `belm.images.load_image`), runs a `belm_core.Solver` with the state in float64 on the grid of
 the pipeline's scheduler config, and returns a small result object with the images and metrics.
 
-SD3 and Flux are rectified flows: the solver takes their velocity v (MATH.md §11) on the
+SD3 and Flux are rectified flows: the solver takes their velocity v (docs/math.md §11) on the
 grid their pipelines' own calls set (`PipelineAdapter.flow_timesteps`; Flux's depends on
 the image size). Model-space tensors (`latents=`, `output_type="latent"`) are in the
 pipeline's own format: SD3 (N, 16, h, w), Flux packed (N, (h/2)(w/2), 64).
@@ -362,7 +362,7 @@ def edit(
     spacing: str | None = None,
     progress: bool | None = None,
 ) -> Edit:
-    """Prompt-to-prompt editing by exact inversion (MATH.md §7).
+    """Prompt-to-prompt editing by exact inversion (docs/math.md §7).
 
     Inverts with ε(·; source_prompt) up to grid index N − freeze (the last `freeze`
     inversion steps are left out, so the first `freeze` sampling steps are skipped), then

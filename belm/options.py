@@ -33,7 +33,7 @@ class SamplingOptions:
     Attributes:
         prompt: text prompt (conditional models; None: the empty prompt there, nothing elsewhere).
         negative_prompt: the negative branch of classifier-free guidance (None: the empty prompt).
-        guidance_scale: g in ε = ε_u + g (ε_c − ε_u) (MATH.md §7); 1 is no guidance.
+        guidance_scale: g in ε = ε_u + g (ε_c − ε_u) (docs/math.md §7); 1 is no guidance.
         steps: number of sampling steps N.
         method: a registered method name ("o-belm", "dpl-ob", "bdia", "edict", "ddim", "belm3") or a
             `Method`; None (default) is the application's choice: `belm_core.recommended` (dpl-ob,

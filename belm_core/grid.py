@@ -1,15 +1,15 @@
 """The time grid a solver walks: model times plus α, σ, σ̄ and the coordinates (s, τ) at each point.
 
 Points are indexed as in the paper: i = N is the noisiest, i = 1 the last model time,
-and i = 0 the end state: by default the clean state with α_0 = 1, σ̄_0 = 0 (MATH.md §1).
+and i = 0 the end state: by default the clean state with α_0 = 1, σ̄_0 = 0 (docs/math.md §1).
 With `end="t_min"` the trajectory ends instead at the schedule's smallest model time
 t_min (for `DiscreteVP` the first training timestep, ᾱ_0: diffusers'
 `set_alpha_to_one=False`).
 
-The recurrence runs in coordinates (MATH.md §11): each point carries a scale s_i and an
+The recurrence runs in coordinates (docs/math.md §11): each point carries a scale s_i and an
 ODE time τ_i such that the state is x = s·y and dy/dτ = f(x, t) is the model's output
 (`schedule.coordinates(t, prediction)`): s = α, τ = σ̄ for ε-prediction (the bar form of
-MATH.md §1), s = 1, τ = σ for a flow's velocity. Step sizes are
+docs/math.md §1), s = 1, τ = σ for a flow's velocity. Step sizes are
 
     h_i = τ_i − τ_{i−1} > 0,  i = 1 … N   (h_i = σ̄_i − σ̄_{i−1} for ε-prediction).
 
@@ -132,7 +132,7 @@ def make_grid(
 
     # paper index order: i = 0 (end state) … N (noisiest)
     t_up = t[::-1]
-    if end == "clean":  # α = 1, σ = σ̄ = 0; s = 1, τ = 0 in every coordinate system (MATH.md §11)
+    if end == "clean":  # α = 1, σ = σ̄ = 0; s = 1, τ = 0 in every coordinate system (docs/math.md §11)
         alpha_end, sigma_end, sigma_bar_end, scale_end, tau_end = 1.0, 0.0, 0.0, 1.0, 0.0
     else:
         alpha_end, sigma_end = float(schedule.alpha(schedule.t_min)), float(schedule.sigma(schedule.t_min))

@@ -3,7 +3,7 @@
     solver = Solver(schedule, steps=N, **recommended(schedule, N))
 
 For discrete VP schedules (DDPM "linear", SD "scaled_linear", "cosine"), at every N ≥ 2:
-the exact "dpl-ob" p-family member (MATH.md §12), the predictor–corrector start-up and
+the exact "dpl-ob" p-family member (docs/math.md §12), the predictor–corrector start-up and
 diffusers' "trailing" spacing, whose grid starts at the noisiest model time T − 1 like
 DPM-Solver++ and UniPC do. It makes exactly N model calls and its inverted latents
 converge to the exact ODE inversion as N grows. Evidence: benchmarks/lowstep.py

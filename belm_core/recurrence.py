@@ -1,8 +1,8 @@
-"""The general k-step linear recurrence and its exact inverse (MATH.md §3, §11).
+"""The general k-step linear recurrence and its exact inverse (docs/math.md §3, §11).
 
-The recurrence runs in the grid's coordinates (MATH.md §11): the state is x = s·y and
+The recurrence runs in the grid's coordinates (docs/math.md §11): the state is x = s·y and
 dy/dτ = f(x, t) is the model's output, with h_i = τ_i − τ_{i−1}. For ε-prediction
-y = x̄ = x/α, τ = σ̄, f = ε (the bar form of MATH.md §1); for a flow's velocity y = x,
+y = x̄ = x/α, τ = σ̄, f = ε (the bar form of docs/math.md §1); for a flow's velocity y = x,
 τ = σ, f = v. One step of a k-step method is
 
     y_{i−1} = Σ_{j=1..k} a_{i,j} y_{i−1+j} + Σ_{j=1..k} b_{i,j} h_{i−1+j} f(x_{i−1+j}, t_{i−1+j}),
@@ -130,7 +130,7 @@ def inverse_step(
     `x_near` is x_{i−1}; `xs_inner[j−1]` is x_{i−1+j} and `eps[j−1]` is ε_{i−1+j} for j < k.
     Exact when d_{i,k} = 0. A relation with d_{i,k} ≠ 0 (DDIM) needs ε at the unknown far
     end; `eps_far` supplies a stand-in for it (DDIM inversion passes ε(x_{i−1}, t_i),
-    MATH.md §2), and the result is then only approximate.
+    docs/math.md §2), and the result is then only approximate.
     """
     c, d = table.coefficients(i)
     if d[-1] != 0.0 and eps_far is None:

@@ -10,7 +10,7 @@ A diffusion state is x_t = α_t x_0 + σ_t ε. Every schedule here derives
 
 from `log_alpha` (and `sigma` for VE), computed in log space and float64. The
 probability-flow ODE in the "bar" variables x̄ = x/α reads dx̄/dσ̄ = ε(x, t)
-(MATH.md §1); the solver only ever needs α and σ̄ on a grid.
+(docs/math.md §1); the solver only ever needs α and σ̄ on a grid.
 
 The *model time* `t` is what the network is conditioned on: the integer training
 timestep for `DiscreteVP`, continuous time in [t_min, t_max] for `LinearVP` and
@@ -35,7 +35,7 @@ __all__ = [
 Spacing = Literal["leading", "trailing", "linspace", "logsnr", "karras"]
 
 #: what the model function returns, which fixes the coordinates the recurrence runs in
-#: (MATH.md §11): "epsilon" → y = x/α, τ = σ̄, f = ε; "velocity" (flows) → y = x, τ = σ, f = v
+#: (docs/math.md §11): "epsilon" → y = x/α, τ = σ̄, f = ε; "velocity" (flows) → y = x, τ = σ, f = v
 Prediction = Literal["epsilon", "velocity"]
 
 
@@ -85,11 +85,11 @@ class NoiseSchedule(ABC):
         """λ(t) = −log σ̄(t)."""
         return -np.log(self.sigma_bar(t))
 
-    # -- coordinates of the recurrence (MATH.md §11) ---------------------------------
+    # -- coordinates of the recurrence (docs/math.md §11) ---------------------------------
     def coordinates(self, t, prediction: Prediction) -> tuple[np.ndarray, np.ndarray]:
         """(s, τ) at model times t: the state is x = s·y and dy/dτ = f(x, t), the model's output.
 
-        "epsilon": s = α, τ = σ̄ (the bar form of MATH.md §1, dx̄/dσ̄ = ε). Subclasses
+        "epsilon": s = α, τ = σ̄ (the bar form of docs/math.md §1, dx̄/dσ̄ = ε). Subclasses
         with other native outputs (`FlowMatch`: "velocity") extend this. The clean state
         (α = 1, σ = 0) has s = 1, τ = 0 in every coordinate system offered here.
         """
@@ -438,7 +438,7 @@ class FlowMatch(NoiseSchedule):
     Flux pipelines pass to their transformers. σ = 1 (t = T) is pure noise, where α = 0
     and σ̄ = σ/α = ∞, so ε carries no information about x_0. A flow model predicts the
     velocity v = n − x_0 = dx/dσ, and the solver runs the recurrence in the flow's own
-    coordinates y = x, τ = σ, f = v (MATH.md §11): the step from σ = 1 is regular and the
+    coordinates y = x, τ = σ, f = v (docs/math.md §11): the step from σ = 1 is regular and the
     inverse reaches σ = 1 exactly. `prediction="epsilon"` (y = x/α, τ = σ̄) is offered for
     grids that stay below σ = 1.
 

@@ -16,7 +16,7 @@ v = dx/dσ = n − x_0 for `prediction="velocity"` (flows, `FlowMatch`'s default
     latent = solver.invert(v_fn, x0)          # exact all the way to σ = 1 (pure noise)
     x0_rec = solver.sample(v_fn, latent)
 
-The prediction fixes the coordinates the recurrence runs in (MATH.md §11). Exactness
+The prediction fixes the coordinates the recurrence runs in (docs/math.md §11). Exactness
 needs `eps_fn` to be deterministic: the same input must give the same output.
 
 What `eps_fn` and a callback do to their arguments cannot reach the solver: `eps_fn`
@@ -174,7 +174,7 @@ class Solver:
         self.state_dtype = arrays.resolve_dtype(state_dtype)
         if self.state_dtype in ("float16", "bfloat16"):
             warnings.warn(
-                f"state_dtype={self.state_dtype!r}: the round trip loses exactness (MATH.md §8); "
+                f"state_dtype={self.state_dtype!r}: the round trip loses exactness (docs/math.md §8); "
                 "keep the state in float64 (or float32) and run only the model in low precision",
                 PrecisionWarning,
                 stacklevel=2,
@@ -195,7 +195,7 @@ class Solver:
 
     @property
     def prediction(self) -> str:
-        """What the model function returns: "epsilon" or "velocity" (fixes the coordinates, MATH.md §11)."""
+        """What the model function returns: "epsilon" or "velocity" (fixes the coordinates, docs/math.md §11)."""
         return self.grid.prediction
 
     @property
@@ -268,7 +268,7 @@ class Solver:
     ) -> Latent:
         """The Latent from which `sample` rebuilds x0 exactly.
 
-        `until` = K stops at grid index K (a partial trajectory for editing, MATH.md §7);
+        `until` = K stops at grid index K (a partial trajectory for editing, docs/math.md §7);
         sampling from that Latent starts at index K (valid K: `until_range`).
         `grad=True` (torch only) records the autograd graph, as in `sample`.
         """

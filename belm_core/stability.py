@@ -1,4 +1,4 @@
-"""Zero-stability verdicts of a linear multistep recurrence from its characteristic roots (MATH.md §5).
+"""Zero-stability verdicts of a linear multistep recurrence from its characteristic roots (docs/math.md §5).
 
 With equal steps a k-step BELM's a_{i,j} are constants a_1 … a_k and its characteristic
 polynomial is
@@ -102,7 +102,7 @@ class Stability:
 
     @classmethod
     def from_roots(cls, roots: Any, multiplicities: Any = None, *, a_k_zero: bool = False) -> Stability:
-        """Verdicts decided from the roots of ρ (MATH.md §5).
+        """Verdicts decided from the roots of ρ (docs/math.md §5).
 
         roots: the roots ζ (a root of multiplicity m listed m times); multiplicities: the
         exact multiplicity of each entry when known (else numeric clustering, CLUSTER_TOL);

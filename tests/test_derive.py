@@ -1,7 +1,7 @@
 """Properties of belm_core.derivation: closed forms, Taylor conditions, convergence order, stability.
 
 Oracles are independent of the code under test: the paper's closed form (Prop. 4),
-hand-derived equal-step numbers (MATH.md §4–5), the Taylor conditions re-evaluated
+hand-derived equal-step numbers (docs/math.md §4–5), the Taylor conditions re-evaluated
 numerically, and the local error of one step on exact solutions (exp, sin).
 """
 
@@ -78,7 +78,7 @@ def test_bdia_is_the_family_member_with_a2_fixed():
     h0, h1 = d.symbols
     assert d.order == 1 and d.parameters == (gamma,)
     assert sympy.simplify(d.a[0] - (1 - gamma)) == 0
-    assert sympy.simplify(d.b[0] + (h0 + gamma * h1) / h0) == 0  # MATH.md §6 in bar form
+    assert sympy.simplify(d.b[0] + (h0 + gamma * h1) / h0) == 0  # docs/math.md §6 in bar form
 
 
 @pytest.mark.parametrize("k", [2, 3, 4])
@@ -169,7 +169,7 @@ def test_stable_family_roots_on_unit_circle_and_simple(c):
     gaps = np.abs(stab.roots[:, None] - stab.roots[None, :]) + np.eye(3)
     assert gaps.min() > 1e-6
     np.testing.assert_allclose(np.sort_complex(stab.inverse_roots), np.sort_complex(np.conj(stab.roots)), atol=1e-12)
-    # equal steps: b_1 = b_2 = c/2 − 1 (MATH.md §5)
+    # equal steps: b_1 = b_2 = c/2 − 1 (docs/math.md §5)
     _, b = d.equal_step_coefficients(c=c)
     np.testing.assert_allclose(b, [c / 2 - 1] * 2, atol=1e-14)
 

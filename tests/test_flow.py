@@ -1,5 +1,5 @@
 """Flow matching (SD3, Flux): FlowMatch grids against diffusers, the velocity protocol, BELM in the
-flow's own coordinates (x, σ), and the analytic rectified-flow problem (MATH.md §11)."""
+flow's own coordinates (x, σ), and the analytic rectified-flow problem (docs/math.md §11)."""
 
 import numpy as np
 import pytest

@@ -85,7 +85,7 @@ def test_every_member_is_exact_on_lines_and_round_trips(seed, N, lo, span):
             latent = solver.invert(eps, x0)
             rec = solver.sample(eps, latent)
         # rounding, amplified both ways by the parasitic roots −p_i (|p_i| up to 3 here) and by ε's
-        # Lipschitz constant (~1/σ̄ near the clean end, MATH.md §8): far below
+        # Lipschitz constant (~1/σ̄ near the clean end, docs/math.md §8): far below
         # the O(h) error of an inexact inverse such as DDIM's (~1e-2 on these grids)
         p = np.abs(a[i, 1])
         scale = float(np.prod(np.maximum(p, 1 / p))) * float(np.max(np.abs(latent.states[0])) + 1)

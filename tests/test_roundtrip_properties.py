@@ -1,6 +1,6 @@
 """Property-based round trips: random schedules, spacings, step counts, shapes, array types and dtypes.
 
-The oracle is the round-off bound of MATH.md §8: an exact method reconstructs x_0 up to
+The oracle is the round-off bound of docs/math.md §8: an exact method reconstructs x_0 up to
 the state's rounding times the inversion's amplification Π|1/c_{i,k}|, plus the
 rounding of casting the result back to the input dtype.
 """

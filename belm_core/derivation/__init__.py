@@ -1,4 +1,4 @@
-"""Symbolic derivation of k-step BELM coefficients, their order and stability (MATH.md §3–5).
+"""Symbolic derivation of k-step BELM coefficients, their order and stability (docs/math.md §3–5).
 
     derive(k, fix=None) -> Derivation      coefficients as rational functions of h (sympy)
     stable_family(k, c=None) -> Derivation the members stable in both directions

@@ -1,4 +1,4 @@
-"""The Taylor conditions a k-step BELM's coefficients must meet (MATH.md §4), and their names.
+"""The Taylor conditions a k-step BELM's coefficients must meet (docs/math.md §4), and their names.
 
 Bar form (x̄ = x/α, σ̄ = σ/α, ε = dx̄/dσ̄ along the exact solution); sampling walks the
 grid index i downward with positive steps h_i = σ̄_i − σ̄_{i−1}, and one step is
@@ -33,7 +33,7 @@ def _check_k(k: Any) -> int:
         raise ValueError(
             f"k={k}: a BELM needs k >= 2. k = 1 would be x̄_{{i−1}} = a_1 x̄_i with no ε term "
             "(a_1 = 1, no step at all); the one-step sampler is DDIM, which is not a "
-            "bidirectional explicit method (its inversion is inexact, MATH.md §2)."
+            "bidirectional explicit method (its inversion is inexact, docs/math.md §2)."
         )
     return k
 

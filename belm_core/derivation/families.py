@@ -1,4 +1,4 @@
-"""Families of BELMs that are zero-stable in both directions, and the default k = 3 member (MATH.md §5).
+"""Families of BELMs that are zero-stable in both directions, and the default k = 3 member (docs/math.md §5).
 
 The LTE-optimal k = 3 method has ρ = (ζ−1)(ζ² + 10ζ + 1), a root near −9.9, so it
 diverges both ways. Pinning all a_j so that ρ's roots are simple and on |ζ| = 1, and
@@ -29,7 +29,7 @@ def stable_family(k: int = 3, c: Any = None) -> Derivation:
     and the k−1 b's are solved from R_1 … R_{k−1} (R_0 holds as ρ(1) = 0), so the order
     is k − 1 for any positive steps. |c_m| < 2 and distinct c_m keep the roots simple.
 
-    k = 3 (MATH.md §5): ρ = (ζ − 1)(ζ² − cζ + 1), a = (c + 1, −(c + 1), 1), order 2;
+    k = 3 (docs/math.md §5): ρ = (ζ − 1)(ζ² − cζ + 1), a = (c + 1, −(c + 1), 1), order 2;
     with equal steps b_1 = b_2 = c/2 − 1 and error constant C_3 = (c + 10)/12.
 
     c: for q = 1 (k = 3, 4) a number or sympy expression, for q > 1 a sequence of q;

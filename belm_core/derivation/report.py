@@ -1,4 +1,4 @@
-"""The human-readable report of a derivation: what `belm coeffs` prints (MATH.md §3–5).
+"""The human-readable report of a derivation: what `belm coeffs` prints (docs/math.md §3–5).
 
 Formulas of a_{i,j}, b_{i,j} in the step sizes, the order matched, and for equal steps
 the constant coefficients, the error constant C_{p+1}, ρ(ζ) factored, its roots and

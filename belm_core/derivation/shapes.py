@@ -1,4 +1,4 @@
-"""The p of a 2-step p-family member from a shape φ(σ̄) (docs: MATH.md §12).
+"""The p of a 2-step p-family member from a shape φ(σ̄) (docs/math.md §12).
 
 Every row of the one-parameter family
 

@@ -1,4 +1,4 @@
-"""Zero-stability of a derived BELM from its equal-step coefficients, with exact multiplicities (MATH.md §5).
+"""Zero-stability of a derived BELM from its equal-step coefficients, with exact multiplicities (docs/math.md §5).
 
 With equal steps the a_{i,j} are constants and the characteristic polynomial is
 ρ(ζ) = ζ^k − a_1 ζ^{k−1} − … − a_k; the verdicts themselves (sampling: roots in the

@@ -1,6 +1,6 @@
-"""Symbolic solve for k-step BELM coefficients: `derive` and the `Derivation` it returns (MATH.md §3–4).
+"""Symbolic solve for k-step BELM coefficients: `derive` and the `Derivation` it returns (docs/math.md §3–4).
 
-One step (bar form, positive steps h_i = σ̄_i − σ̄_{i−1}, MATH.md §3):
+One step (bar form, positive steps h_i = σ̄_i − σ̄_{i−1}, docs/math.md §3):
 
     x̄_{i−1} = Σ_{j=1..k} a_{i,j} x̄_{i−1+j} + Σ_{j=1..k−1} b_{i,j} h_{i−1+j} ε(x_{i−1+j}).
 
@@ -14,10 +14,10 @@ unknowns: the LTE-optimal method of order 2k−2. That solve is Hermite interpol
 
 `fix=` pins coefficients (numbers or expressions in free symbols) and the rest are
 solved from the longest prefix R_0 … R_p that can still hold for all positive h:
-fixing trades order for stability (MATH.md §5). Two known members, as checks:
+fixing trades order for stability (docs/math.md §5). Two known members, as checks:
 
 * ``derive(2)`` is O-BELM (paper Prop. 4);
-* ``derive(2, fix={"a2": gamma})`` is BDIA in bar form (MATH.md §6, with γ' = γ):
+* ``derive(2, fix={"a2": gamma})`` is BDIA in bar form (docs/math.md §6, with γ' = γ):
   a = (1 − γ, γ), b_1 = −(h_i + γ h_{i+1}) / h_i, order 1.
 """
 
@@ -114,7 +114,7 @@ class Derivation:
 
         Returns a of shape (n, k) and b of shape (n, k−1) (or (k,), (k−1,) for 1-D h).
         `params` give values (scalars or arrays broadcastable to (n,)) to `parameters`.
-        All h must be finite and > 0 (MATH.md §4: negative h silently gives O(1) errors).
+        All h must be finite and > 0 (docs/math.md §4: negative h silently gives O(1) errors).
         """
         h = np.asarray(h, dtype=np.float64)
         if h.ndim == 0 or h.shape[-1] != self.k:
@@ -420,7 +420,7 @@ def _derive_cached(k: int, fix: tuple[tuple[str, sympy.Expr], ...]) -> Derivatio
 
 
 def derive(k: int, *, fix: Mapping[str, sympy.Expr | float] | None = None) -> Derivation:
-    """Coefficients of the k-step BELM (bar form, MATH.md §3–4), derived with sympy.
+    """Coefficients of the k-step BELM (bar form, docs/math.md §3–4), derived with sympy.
 
     k: number of steps, int ≥ 2 (k = 1 would be DDIM, not a bidirectional explicit
     method; see `ValueError`).

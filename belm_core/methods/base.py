@@ -8,9 +8,9 @@ multistep family, `EdictPlan` (grid + a_i, b_i) for EDICT.
 
 Linear multistep methods (DDIM, BDIA, O-BELM, BELM-k) only provide coefficient tables
 `a, b` in the grid's coordinates (bar space for ε-prediction, (x, σ) for a flow's
-velocity; MATH.md §3, §11); `LinearMultistep` turns them into x-space
+velocity; docs/math.md §3, §11); `LinearMultistep` turns them into x-space
 tables once per grid and runs the recurrence and its exact inverse from
-`belm_core.recurrence`, with the start-up of MATH.md §3 (`methods.startup`): a lone
+`belm_core.recurrence`, with the start-up of docs/math.md §3 (`methods.startup`): a lone
 x_N is advanced by DDIM, then by lower-k BELM steps until k states exist; inversion
 starts with one DDIM-inversion step x_0 → x_1 (the k = 1 relation solved for its far
 end) and continues with exact inverse steps.
@@ -150,7 +150,7 @@ class Method(ABC):
 
 
 class LinearMultistep(Method):
-    """A k-step method given by bar-space tables a, b (MATH.md §3)."""
+    """A k-step method given by bar-space tables a, b (docs/math.md §3)."""
 
     @abstractmethod
     def bar_table(self, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -188,7 +188,7 @@ class LinearMultistep(Method):
     def inverse_step(self, plan: MultistepPlan, carry: Carry, evaluate: Evaluate) -> Carry:
         top = carry.index + len(carry.xs) - 1
         if len(carry.xs) == 1:
-            # DDIM inversion (MATH.md §2): the k = 1 relation solved for x_{top+1}, with
+            # DDIM inversion (docs/math.md §2): the k = 1 relation solved for x_{top+1}, with
             # ε(x_top, t_{top+1}) standing in for ε at the unknown far end; ε at x_top's
             # own time is still unknown, so nothing is cached
             x = carry.xs[0]

@@ -1,6 +1,6 @@
 """BDIA (Zhang et al., ECCV 2024) as a 2-step member of the BELM family (paper eq. 24).
 
-In the grid's coordinates y = x/s, τ, f (MATH.md §6, §11), with γ' = γ s_{i+1}/s_{i−1}:
+In the grid's coordinates y = x/s, τ, f (docs/math.md §6, §11), with γ' = γ s_{i+1}/s_{i−1}:
 
     y_{i−1} = γ' y_{i+1} + (1 − γ') y_i − (h_i + γ' h_{i+1}) f(x_i, t_i)
 

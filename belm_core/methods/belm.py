@@ -1,4 +1,4 @@
-"""The general k-step BELM with coefficients from `belm_core.derive` (MATH.md §3–5).
+"""The general k-step BELM with coefficients from `belm_core.derive` (docs/math.md §3–5).
 
     x̄_{i−1} = Σ_{j=1..k} a_{i,j} x̄_{i−1+j} + Σ_{j=1..k−1} b_{i,j} h_{i−1+j} ε(x_{i−1+j})
 

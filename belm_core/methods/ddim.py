@@ -1,10 +1,10 @@
-"""DDIM (Song et al. 2021): the k = 1 member, x̄_{i−1} = x̄_i − h_i ε(x_i, t_i) (MATH.md §2).
+"""DDIM (Song et al. 2021): the k = 1 member, x̄_{i−1} = x̄_i − h_i ε(x_i, t_i) (docs/math.md §2).
 
 Its inversion x̄_i ≈ x̄_{i−1} + h_i ε(x_{i−1}, t_i) evaluates ε at the point it starts
 from, so sample(invert(x_0)) ≠ x_0: the O(h) baseline the exact methods are measured
 against.
 
-In the grid's coordinates (MATH.md §11) the same rule is y_{i−1} = y_i − h_i f(x_i, t_i):
+In the grid's coordinates (docs/math.md §11) the same rule is y_{i−1} = y_i − h_i f(x_i, t_i):
 for a flow's velocity (y = x, τ = σ) it is the Euler step x_{i−1} = x_i + (σ_{i−1} − σ_i) v,
 i.e. diffusers' `FlowMatchEulerDiscreteScheduler`.
 """

@@ -1,7 +1,7 @@
-"""EDICT (Wallace et al., CVPR 2023): two coupled DDIM sequences with mixing p (MATH.md §6).
+"""EDICT (Wallace et al., CVPR 2023): two coupled DDIM sequences with mixing p (docs/math.md §6).
 
 With x_{i−1} = a_i x_i + b_i f(x_i, t_i) one DDIM step in x-space, in the grid's
-coordinates (MATH.md §11): a_i = s_{i−1}/s_i, b_i = −h_i s_{i−1}, the k = 1 row of the
+coordinates (docs/math.md §11): a_i = s_{i−1}/s_i, b_i = −h_i s_{i−1}, the k = 1 row of the
 recurrence's x-space table. For ε-prediction that is a_i = α_{i−1}/α_i and
 b_i = −α_{i−1}(σ̄_i − σ̄_{i−1}) = σ_{i−1} − σ_i a_i (the paper's form); for a flow's
 velocity a_i = 1, b_i = −(σ_i − σ_{i−1}) (an Euler step). A step on the pair (x, y) at

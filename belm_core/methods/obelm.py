@@ -1,10 +1,10 @@
-"""O-BELM: the LTE-optimal 2-step BELM (paper Prop. 4, eq. 18–19; MATH.md §4).
+"""O-BELM: the LTE-optimal 2-step BELM (paper Prop. 4, eq. 18–19; docs/math.md §4).
 
     a_{i,1} = (h_{i+1}² − h_i²)/h_{i+1}²,  a_{i,2} = h_i²/h_{i+1}²,  b_{i,1} = −(h_i + h_{i+1})/h_{i+1}
 
 Second order, exactly invertible, stable in both directions (ρ = (ζ−1)(ζ+1) for equal
 steps: the leapfrog rule x̄_{i−1} = x̄_{i+1} − 2h ε(x_i)). The coefficients depend on h
-only, so they hold in any coordinates (MATH.md §11): for a flow's velocity h_i = σ_i − σ_{i−1}
+only, so they hold in any coordinates (docs/math.md §11): for a flow's velocity h_i = σ_i − σ_{i−1}
 and x_{i−1} = a_{i,1} x_i + a_{i,2} x_{i+1} + b_{i,1} h_i v(x_i, t_i).
 """
 

@@ -1,6 +1,6 @@
-"""The predictor–corrector start-up: the first step from a lone x_N (MATH.md §12).
+"""The predictor–corrector start-up: the first step from a lone x_N (docs/math.md §12).
 
-The default start (MATH.md §3) makes the first, largest step with DDIM, which is first
+The default start (docs/math.md §3) makes the first, largest step with DDIM, which is first
 order. This one corrects it for free. With y = x̄/σ̄ and τ = 1/σ̄ the ODE reads
 dy/dτ = x̂0(x), x̂0 = x̄ − σ̄ ε, and the trapezoid rule in τ on [τ_N, τ_{N−1}] is
 

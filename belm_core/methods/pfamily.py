@@ -1,4 +1,4 @@
-"""The one-parameter family of exact 2-step methods with ε at the middle state (MATH.md §12).
+"""The one-parameter family of exact 2-step methods with ε at the middle state (docs/math.md §12).
 
 Row i (1 ≤ i ≤ N−1) of every member, in bar form (x̄ = x/α, h_i = σ̄_i − σ̄_{i−1}):
 
@@ -13,7 +13,7 @@ x̄ = a + bσ̄ (where DDIM is exact); each p_i ≠ 0 is exactly invertible:
 Members (`rule=`):
 
 * "o-belm": p_i = (h_i/h_{i+1})² — O-BELM (paper eq. 18), order 2;
-* "bdia":   p_i = α_{i+1}/α_{i−1} — BDIA with γ = 1 (MATH.md §6), order 1;
+* "bdia":   p_i = α_{i+1}/α_{i−1} — BDIA with γ = 1 (docs/math.md §6), order 1;
 * "dpl":    p_i = σ̄_{i−1}/σ̄_{i+1} — the data-prediction leapfrog
             y_{i−1} = y_{i+1} + (τ_{i−1} − τ_{i+1}) x̂0(x_i), y = x/σ, τ = α/σ; it sits on
             the stiff stability bound p_i ≤ σ̄_{i−1}/σ̄_{i+1}; row 1 uses O-BELM's p_1

@@ -1,4 +1,4 @@
-"""The start-up ladder of a k-step method (MATH.md §3).
+"""The start-up ladder of a k-step method (docs/math.md §3).
 
 Sampling from a lone x_N has one state where a k-step relation needs k. The missing
 states are built one step at a time by methods with 1, 2, …, k−1 states: DDIM, then
