@@ -2,7 +2,9 @@
 
 Runs the benchmark suite and writes DIR/RESULTS.md (default: benchmarks/RESULTS.md)
 and PNG figures under DIR/figures/. Benchmarks: accuracy, exactness, cost, digits
-(the digits one trains the DDPM first when `benchmarks/.cache/digits/` lacks it).
+(the digits one trains the DDPM first when `benchmarks/.cache/digits/` lacks it), flow
+(rectified flows vs RF-Solver-2 and FireFlow; trains the digits flow model first when
+`benchmarks/.cache/digits_flow/` lacks it).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from .report import ROOT, Section, write_results
 
-BENCHMARKS = ("accuracy", "exactness", "cost", "digits")
+BENCHMARKS = ("accuracy", "exactness", "cost", "digits", "flow")
 
 
 def _load(name: str):
