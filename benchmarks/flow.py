@@ -320,7 +320,7 @@ def nfe_note(data: FlowData) -> str:
 def digits_tables(d: DigitsFlowData) -> list[str]:
     cfg = d.meta["config"]
     note = f"(trained in this run: {d.trained_s:.0f} s)" if d.trained_s is not None else "(cached checkpoint)"
-    body = [f"### Digits rectified-flow UNet", "",
+    body = ["### Digits rectified-flow UNet", "",
             f"Checkpoint: {d.checkpoint} {note}; {cfg['steps']} steps × batch {cfg['batch_size']}, σ "
             f"{cfg['sigma_sampling']}, seed {cfg['seed']}, training wall time {d.meta['train_seconds']:.0f} s, final "
             f"loss {d.meta['final_loss_avg100']:.4f}. Digit classifier accuracy on the test split: {d.classifier_acc:.3f}; "
