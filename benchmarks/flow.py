@@ -30,6 +30,11 @@ Euler, ⌊NFE/2⌋ steps of RF-Solver-2, NFE − 1 steps of FireFlow. Empirical 
 log error vs log NFE. Round trip: a batch x_0 from the data, invert to σ = 1 and sample
 back with the same method and grid (ours: `Solver.invert` / `Solver.sample`, the latent is
 the state tuple), error = MSE(sample(invert(x_0)) − x_0), vs the number of steps N.
+Two things to know when reading the tables: RF-Solver-2's update is the explicit midpoint
+rule, which on a single Gaussian (V(σ) quadratic in σ) is locally exact to O(h⁴), so its
+order on `gaussian` exceeds 2; and on `flow_problem` a few points of the batch lie near
+the boundary between two modes, which Euler sends to the wrong mode until N is large
+(its RMSE then falls slower than 1/N).
 
 Digits: a class-conditional rectified-flow UNet trained here
 (`python -m benchmarks.train_digits_flow`, cached in `benchmarks/.cache/digits_flow/`),
