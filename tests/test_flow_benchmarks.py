@@ -245,7 +245,8 @@ def _case(scale: float) -> dict:
 
 def _digits() -> flow.DigitsFlowData:
     quality = {(m, n): {"acc": 0.9, "conf": 0.8, "fd": 3.0 / n, "sw": 0.1, "calls": n} for m in flow.METHODS for n in (5, 10)}
-    rec = {(m, s): 1e-29 if m in flow.OURS else 1e-3 for m in flow.METHODS for s in (10, 28)}
+    rec = {(m, s): 1e-16 if m in flow.OURS else 1e-3 for m in flow.METHODS for s in (10, 28)}
+    rec.update({("o-belm" + flow.F64, s): 1e-29 for s in (10, 28)})
     meta = {"config": {"steps": 1500, "batch_size": 128, "seed": 0, "sigma_sampling": "logit-normal"},
             "train_seconds": 170.0, "final_loss_avg100": 0.31}
     return flow.DigitsFlowData(checkpoint="benchmarks/.cache/digits_flow", trained_s=None, meta=meta,
@@ -277,7 +278,9 @@ def test_render_names_the_peers_and_tabulates_every_cell():
     dig = rows_of(parts[5])
     assert dig["FireFlow"] == ["5", "5", "0.900", "0.800", "0.600"]  # the first (NFE 5) quality row
     rec = rows_of(parts[5].split("Reconstruction MSE")[1])
-    assert rec["o-belm"] == ["1.0e-29", "1.0e-29", "56"] and rec["FireFlow"] == ["1.0e-03", "1.0e-03", "56"]
+    assert rec["o-belm"] == ["1.0e-16", "1.0e-16", "56"] and rec["FireFlow"] == ["1.0e-03", "1.0e-03", "56"]
+    assert rec["o-belm (float64 network)"] == ["1.0e-29", "1.0e-29", "—"] and "bdia(γ=1) (float64 network)" not in rec
+    assert "1.0e-16 with the float32 network, 1.0e-29 with the same checkpoint run in float64" in parts[5]
     assert "(cached checkpoint)" in parts[5] and "logit-normal" in parts[5]
     assert "### Digits" in text and "### Digits" not in flow.render(_flow_data(with_digits=False))
 
