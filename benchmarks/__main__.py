@@ -1,7 +1,7 @@
 """python -m benchmarks [--quick] [--only NAME ...] [--out DIR]
 
 Runs the benchmark suite and writes DIR/RESULTS.md (default: benchmarks/RESULTS.md)
-and PNG figures under DIR/figures/. Benchmarks: accuracy, lowstep, exactness, cost, digits, scheduler_step
+and PNG figures under DIR/figures/. Benchmarks: accuracy, lowstep, exactness, cost, digits, scheduler_step, flow
 (the digits one trains the DDPM first when `benchmarks/.cache/digits/` lacks it).
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .report import ROOT, Section, write_results
 
-BENCHMARKS = ("accuracy", "lowstep", "exactness", "cost", "digits", "scheduler_step")
+BENCHMARKS = ("accuracy", "lowstep", "exactness", "cost", "digits", "scheduler_step", "flow")
 
 
 def _load(name: str):

@@ -34,6 +34,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -52,6 +53,18 @@ class TrainConfig:
     channels: tuple = (32, 64)
     num_train_timesteps: int = 1000
     threads: int = 1  # 1 thread: faster than 2 for this tiny model and immune to oversubscription
+
+
+@dataclass
+class Fit:
+    """What `fit` returns: the EMA model (eval mode), the per-step losses, the wall time
+    in seconds, the train-split size and the held-out indices."""
+
+    ema: Any
+    losses: list
+    seconds: float
+    n_train: int
+    test_indices: np.ndarray
 
 
 def load_split(seed: int = 0, test_size: float = 0.2):
@@ -95,10 +108,16 @@ def _matches(path: Path, cfg: TrainConfig) -> bool:
     return {k: v for k, v in saved.items() if k not in ignore} == {k: v for k, v in want.items() if k not in ignore}
 
 
-def train(cfg: TrainConfig = TrainConfig(), out: Path = CACHE, progress: bool = True) -> dict:
-    """Train and save; returns the meta dict written to out/meta.json."""
+def fit(cfg, loss_fn: Callable, desc: str, progress: bool = True) -> Fit:
+    """The training loop both digits models share: AdamW with warm-up and cosine decay,
+    gradient clipping at 1, label dropout to the null label, an EMA of the weights.
+
+    Each step draws a batch of train-split digits x0 (n, 1, 8, 8) and labels y (those
+    with probability `cfg.label_dropout` set to the null label) and minimises
+    `loss_fn(unet, x0, y)`; the loss function draws its own noise and times from
+    torch's global generator (seeded with `cfg.seed`). `cfg` needs the fields of
+    `TrainConfig` except `num_train_timesteps`."""
     import torch
-    from diffusers import DDPMPipeline, DDPMScheduler
     from tqdm.auto import tqdm
 
     torch.set_num_threads(cfg.threads)
@@ -111,8 +130,6 @@ def train(cfg: TrainConfig = TrainConfig(), out: Path = CACHE, progress: bool = 
     ema = build_unet(cfg)
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
-    scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule="linear")
-    abar = scheduler.alphas_cumprod.float()
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     warmup = max(1, cfg.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -121,16 +138,12 @@ def train(cfg: TrainConfig = TrainConfig(), out: Path = CACHE, progress: bool = 
     losses = []
     t0 = time.perf_counter()
     unet.train()
-    bar = tqdm(range(cfg.steps), desc="train digits DDPM", disable=not progress)
+    bar = tqdm(range(cfg.steps), desc=desc, disable=not progress)
     for step in bar:
         idx = torch.from_numpy(rng.integers(0, len(x_tr), cfg.batch_size))
         x0, y = x_tr_t[idx], y_tr_t[idx].clone()
         y[torch.from_numpy(rng.random(cfg.batch_size) < cfg.label_dropout)] = NULL_LABEL
-        t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,))
-        noise = torch.randn_like(x0)
-        a = abar[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = torch.nn.functional.mse_loss(unet(xt, t, class_labels=y).sample, noise)
+        loss = loss_fn(unet, x0, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -143,24 +156,47 @@ def train(cfg: TrainConfig = TrainConfig(), out: Path = CACHE, progress: bool = 
         losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-    wall = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
     ema.eval()
-    DDPMPipeline(unet=ema, scheduler=scheduler).save_pretrained(str(out))
+    return Fit(ema=ema, losses=losses, seconds=time.perf_counter() - t0, n_train=len(i_tr), test_indices=i_te)
+
+
+def write_meta(out: Path, cfg, run: Fit, prediction_type: str) -> dict:
+    """Write and return out/meta.json: the config, loss curve, wall time and split of a `fit` run."""
     meta = {
         "config": json.loads(json.dumps(asdict(cfg))),
-        "train_seconds": wall,
-        "final_loss_avg100": float(np.mean(losses[-100:])),
-        "loss_every_20": [float(np.mean(losses[i : i + 20])) for i in range(0, len(losses), 20)],
-        "n_train": int(len(i_tr)),
-        "n_test": int(len(i_te)),
-        "test_indices": i_te.tolist(),
+        "train_seconds": run.seconds,
+        "final_loss_avg100": float(np.mean(run.losses[-100:])),
+        "loss_every_20": [float(np.mean(run.losses[i : i + 20])) for i in range(0, len(run.losses), 20)],
+        "n_train": int(run.n_train),
+        "n_test": int(len(run.test_indices)),
+        "test_indices": run.test_indices.tolist(),
         "null_label": NULL_LABEL,
-        "prediction_type": "epsilon",
+        "prediction_type": prediction_type,
         "torch_threads": cfg.threads,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
+
+
+def train(cfg: TrainConfig = TrainConfig(), out: Path = CACHE, progress: bool = True) -> dict:
+    """Train and save; returns the meta dict written to out/meta.json."""
+    import torch
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule="linear")
+    abar = scheduler.alphas_cumprod.float()
+
+    def ddpm_loss(unet, x0, y):  # ε-prediction at uniform integer t
+        t = torch.randint(0, cfg.num_train_timesteps, (len(x0),))
+        noise = torch.randn_like(x0)
+        a = abar[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        return torch.nn.functional.mse_loss(unet(xt, t, class_labels=y).sample, noise)
+
+    run = fit(cfg, ddpm_loss, "train digits DDPM", progress)
+    out.mkdir(parents=True, exist_ok=True)
+    DDPMPipeline(unet=run.ema, scheduler=scheduler).save_pretrained(str(out))
+    return write_meta(out, cfg, run, "epsilon")
 
 
 def ensure_model(cfg: TrainConfig = TrainConfig(), out: Path = CACHE, progress: bool = True) -> Path:
