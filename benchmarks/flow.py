@@ -2,7 +2,7 @@
 
 Flow-matching models are trained on x_σ = (1 − σ) x_0 + σ n and predict v = n − x_0 =
 dx/dσ; belm runs its recurrences in the flow's own coordinates (x, σ) with
-`Solver(FlowMatch(...), ..., prediction="velocity")` (MATH.md §11). Our methods: `o-belm`
+`Solver(FlowMatch(...), ..., prediction="velocity")` (docs/math.md §11). Our methods: `o-belm`
 and `bdia(γ=1)` (BDIA with γ = 1: the leapfrog rule on uneven steps). Peers
 (`benchmarks.flow_peers`, implemented here from the papers' formulas): diffusers'
 `FlowMatchEulerDiscreteScheduler` driven by its own step loop (Euler, 1 NFE per step),

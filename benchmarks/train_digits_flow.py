@@ -8,7 +8,7 @@ channels 32/64, labels 0…9 plus the null label 10 learned by label dropout (0.
 AdamW lr 2e−3 with warm-up and cosine decay, batch 128, EMA 0.995, one torch thread.
 
 Only the objective differs (rectified flow / flow matching, as SD3 and Flux are trained,
-MATH.md §11): with x_0 a digit, n ~ N(0, I) and σ ∈ (0, 1),
+docs/math.md §11): with x_0 a digit, n ~ N(0, I) and σ ∈ (0, 1),
 
     x_σ = (1 − σ) x_0 + σ n,     loss = ‖v_θ(x_σ, 1000·σ, label) − (n − x_0)‖²,
 
