@@ -78,7 +78,7 @@ from belm_core import Latent, Solver
 from belm_core.methods import BDIA, Method, get_method
 from belm_core.stepper import Stepper
 
-from .config import FLOW_OPTIONS_UNSUPPORTED, flow_schedule_from_config, is_flow_config
+from .config import FLOW_OPTIONS_UNSUPPORTED, is_flow_config
 from .config import prediction_type as config_prediction_type
 from .config import schedule_from_config, solver_options, to_eps
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .train_digits import NULL_LABEL, _matches, build_unet, fit, write_meta
+from .train_digits import _matches, fit, write_meta
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "digits_flow"
 SigmaSampling = Literal["logit-normal", "uniform"]

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from belm_core import BDIA, EDICT, METHODS, AmplificationWarning, DiscreteVP, Latent, LinearVP, Solver
+from belm_core import BDIA, EDICT, METHODS, AmplificationWarning, DiscreteVP, LinearVP, Solver
 from belm_core.solver import until_range
 from helpers import AnalyticEps, held_out_mixture, mse
 
