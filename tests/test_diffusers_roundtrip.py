@@ -91,3 +91,19 @@ def test_flow_apps_invert_then_pipeline_call_reconstructs(name):
     out = pipe("a cat", latents=latent.states[0].float(), num_inference_steps=8, guidance_scale=g,
                output_type="latent", **size).images
     assert _mse(out, z0) <= 1e-16
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_low_precision_pipeline_round_trip_is_exact_in_its_dtype(dtype):
+    """The scheduler keeps float64 states while the pipeline runs in fp16/bf16: the round trip
+    through `pipe(...)` gives the pipeline-dtype z0 back bit for bit."""
+    pipe = tiny_sd_pipeline("epsilon").to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    cfg = pipe.scheduler.config
+    z0 = _z0(pipe).to(dtype)
+    pipe.scheduler = BELMInverseScheduler.from_config(cfg, method="o-belm")
+    pipe("a cat", latents=z0.clone(), num_inference_steps=8, guidance_scale=3.0, output_type="latent")
+    latent = pipe.scheduler.latent
+    assert latent.states[0].dtype == torch.float64
+    out = _reconstruct(pipe, cfg, latent, 3.0)
+    assert out.dtype == dtype and torch.equal(out, z0)
