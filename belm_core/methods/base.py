@@ -29,7 +29,7 @@ from ..grid import Grid
 from ..stability import Stability
 from .startup import startup_ladder
 
-__all__ = ["Carry", "Method", "LinearMultistep", "Stability", "Evaluate", "MultistepPlan", "nan_tables"]
+__all__ = ["Carry", "Method", "LinearMultistep", "Stability", "Evaluate", "MultistepPlan", "nan_tables", "p_family_tables"]
 
 
 class Evaluate(Protocol):
@@ -71,6 +71,24 @@ class MultistepPlan:
 def nan_tables(grid: Grid, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Bar-space tables a, b of shape (N+1, k), all NaN: rows are filled where defined."""
     return np.full((grid.N + 1, k), np.nan), np.full((grid.N + 1, k), np.nan)
+
+
+def p_family_tables(grid: Grid, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 2-step relation with ε at the middle state, exact on constants and straight lines
+    (docs/math.md §12), for p_i on rows i = 1 … N−1 (`p` of shape (N−1,)):
+
+        a_{i,1} = 1 − p_i,   a_{i,2} = p_i,   b_{i,1} = −(h_i + p_i h_{i+1}) / h_i,   b_{i,2} = 0.
+
+    BDIA is the member p_i = γ s_{i+1}/s_{i−1}; the p-family's named rules choose other p_i.
+    """
+    a, b = nan_tables(grid, 2)
+    if grid.N >= 2:
+        h_i, h_ip1 = grid.h[1:-1], grid.h[2:]
+        a[1:-1, 0] = 1.0 - p
+        a[1:-1, 1] = p
+        b[1:-1, 0] = -(h_i + p * h_ip1) / h_i
+        b[1:-1, 1] = 0.0
+    return a, b
 
 
 class Method(ABC):

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..checks import is_real
 from ..grid import Grid
-from .base import LinearMultistep, Stability, nan_tables
+from .base import LinearMultistep, Stability, p_family_tables
 
 
 class BDIA(LinearMultistep):
@@ -45,15 +45,8 @@ class BDIA(LinearMultistep):
             raise ValueError("gamma=0.0 makes BDIA plain DDIM, which has no exact inverse; use gamma in (0, 1]")
 
     def bar_table(self, grid: Grid):
-        a, b = nan_tables(grid, 2)
-        if grid.N >= 2:
-            g = self.gamma * grid.scale[2:] / grid.scale[:-2]  # γ' = γ s_{i+1}/s_{i−1}, rows i = 1 … N−1
-            h_i, h_ip1 = grid.h[1:-1], grid.h[2:]
-            a[1:-1, 0] = 1.0 - g
-            a[1:-1, 1] = g
-            b[1:-1, 0] = -(h_i + g * h_ip1) / h_i
-            b[1:-1, 1] = 0.0
-        return a, b
+        # the p-family member p_i = γ' = γ s_{i+1}/s_{i−1}, rows i = 1 … N−1
+        return p_family_tables(grid, self.gamma * grid.scale[2:] / grid.scale[:-2])
 
     def stability(self):
         # equal steps, α ratio → 1: ρ(ζ) = ζ² − (1−γ)ζ − γ = (ζ − 1)(ζ + γ)

@@ -50,7 +50,7 @@ import numpy as np
 
 from ..checks import is_real
 from ..grid import Grid
-from .base import LinearMultistep, Stability, nan_tables
+from .base import LinearMultistep, Stability, p_family_tables
 
 __all__ = ["PFamily", "PRule", "P_RULES"]
 
@@ -128,15 +128,7 @@ class PFamily(LinearMultistep):
         return q
 
     def bar_table(self, grid: Grid):
-        a, b = nan_tables(grid, 2)
-        if grid.N >= 2:
-            p = self.p(grid)[1:-1]
-            h_i, h_ip1 = grid.h[1:-1], grid.h[2:]
-            a[1:-1, 0] = 1.0 - p
-            a[1:-1, 1] = p
-            b[1:-1, 0] = -(h_i + p * h_ip1) / h_i
-            b[1:-1, 1] = 0.0
-        return a, b
+        return p_family_tables(grid, self.p(grid)[1:-1])
 
     def stability(self):
         # equal steps far from the clean end: p → 1, ρ(ζ) = (ζ − 1)(ζ + 1), the leapfrog's roots
