@@ -28,10 +28,20 @@ def irregular_timesteps(schedule, N: int, seed: int = 0, jitter: float = 0.3) ->
     return schedule.t_from_sigma_bar(np.exp(-lam))
 
 
+def rows_of(markdown: str) -> dict[str, list[str]]:
+    """{first cell: other cells} of every body row of the markdown tables in `markdown`."""
+    out = {}
+    for line in markdown.splitlines():
+        if line.startswith("| ") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            out.setdefault(cells[0], cells[1:])
+    return out
+
+
 def mse(a, b) -> float:
     a = np.asarray(a.detach().cpu().double() if hasattr(a, "detach") else a, dtype=np.float64)
     b = np.asarray(b.detach().cpu().double() if hasattr(b, "detach") else b, dtype=np.float64)
     return float(np.mean((a - b) ** 2))
 
 
-__all__ = ["AnalyticEps", "held_out_mixture", "irregular_timesteps", "mse", "empirical_order"]
+__all__ = ["AnalyticEps", "held_out_mixture", "irregular_timesteps", "mse", "empirical_order", "rows_of"]

@@ -14,6 +14,7 @@ from belm_core import DiscreteVP  # noqa: E402
 
 from backends.analytic import empirical_order  # noqa: E402
 from benchmarks import accuracy, cost, digits, exactness, peers, report  # noqa: E402
+from helpers import rows_of  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +22,6 @@ def problem():
     return accuracy.Problem(DiscreteVP.scaled_linear(), n=16, seed=0)
 
 
-def rows_of(markdown: str) -> dict[str, list[str]]:
-    """{first cell: other cells} of every body row of the markdown tables in `markdown`."""
-    out = {}
-    for line in markdown.splitlines():
-        if line.startswith("| ") and not line.startswith("|---"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            out.setdefault(cells[0], cells[1:])
-    return out
 
 
 @pytest.mark.parametrize("p", [0.5, 1.0, 2.0, 3.7])

@@ -15,17 +15,11 @@ from backends.analytic import AnalyticVelocity, GaussianMixture, empirical_order
 from belm_core import FlowMatch  # noqa: E402
 from benchmarks import flow, flow_peers  # noqa: E402
 from benchmarks.flow_peers import PEERS, FlowGrid  # noqa: E402
+from helpers import rows_of  # noqa: E402
 
 ONE = GaussianMixture.gaussian([0.5, -1.0, 0.2], [0.1, 0.3, 0.05])
 
 
-def rows_of(markdown: str) -> dict[str, list[str]]:
-    out = {}
-    for line in markdown.splitlines():
-        if line.startswith("| ") and not line.startswith("|---"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            out.setdefault(cells[0], cells[1:])
-    return out
 
 
 def rmse(a, b) -> float:
