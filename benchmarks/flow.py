@@ -115,13 +115,18 @@ def steps_for(name: str, nfe: int) -> int:
     return nfe if name in OURS else flow_peers.steps_for(name, nfe)
 
 
-def solve(name: str, v_fn: Callable, x_T, grid: FlowGrid, steps: int):
-    """(x_0, model calls) of method `name` from x_T at σ = 1 in `steps` steps of `grid`."""
+def _solver(name: str, grid: FlowGrid, steps: int):
+    """Our method `name` on `steps` steps of `grid`, in the flow's velocity coordinates."""
     from belm_core import Solver
 
+    return Solver(grid.schedule, timesteps=grid.timesteps(steps), method=_method(name), prediction="velocity")
+
+
+def solve(name: str, v_fn: Callable, x_T, grid: FlowGrid, steps: int):
+    """(x_0, model calls) of method `name` from x_T at σ = 1 in `steps` steps of `grid`."""
     v = Counter(v_fn)
     if name in OURS:
-        solver = Solver(grid.schedule, timesteps=grid.timesteps(steps), method=_method(name), prediction="velocity")
+        solver = _solver(name, grid, steps)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             x = solver.sample(v, x_T)
@@ -132,11 +137,9 @@ def solve(name: str, v_fn: Callable, x_T, grid: FlowGrid, steps: int):
 
 def roundtrip(name: str, v_fn: Callable, x0, grid: FlowGrid, steps: int):
     """(sample(invert(x0)), model calls of both directions) with method `name`."""
-    from belm_core import Solver
-
     v = Counter(v_fn)
     if name in OURS:
-        solver = Solver(grid.schedule, timesteps=grid.timesteps(steps), method=_method(name), prediction="velocity")
+        solver = _solver(name, grid, steps)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             rec = solver.sample(v, solver.invert(v, x0))
