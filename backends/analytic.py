@@ -265,15 +265,7 @@ class GaussianMixture:
             ratio = np.sqrt((self._var[0] + sb_to**2) / (self._var[0] + sb_from**2))
             return (self._mu[0] + ratio * (x - self._mu[0])).reshape(out_shape)
 
-        B, D = x.shape
-
-        def rhs(sb: float, y: np.ndarray) -> np.ndarray:
-            return self._eps_flat(y.reshape(B, D), sb).ravel()
-
-        sol = solve_ivp(rhs, (sb_from, sb_to), x.ravel(), method="DOP853", rtol=rtol, atol=atol)
-        if not sol.success:  # pragma: no cover - DOP853 on this smooth ODE does not fail
-            raise RuntimeError(f"reference ODE solve failed: {sol.message}")
-        return sol.y[:, -1].reshape(out_shape)
+        return _dop853(self._eps_flat, x, sb_from, sb_to, rtol, atol).reshape(out_shape)
 
     def reference_sample(self, schedule: NoiseSchedule, x_T, t_T) -> np.ndarray:
         """The exact ODE sample: x at the clean state (α = 1, σ̄ = 0) from x_T at model time t_T.
@@ -338,15 +330,7 @@ class GaussianMixture:
             z = np.sqrt(V(s_to) / V(s_from)) * (xf - (1 - s_from) * mu)
             return ((1 - s_to) * mu + z).reshape(out_shape)
 
-        B, D = xf.shape
-
-        def rhs(s: float, y: np.ndarray) -> np.ndarray:
-            return self._velocity_flat(y.reshape(B, D), s).ravel()
-
-        sol = solve_ivp(rhs, (s_from, s_to), xf.ravel(), method="DOP853", rtol=rtol, atol=atol)
-        if not sol.success:  # pragma: no cover - DOP853 on this smooth ODE does not fail
-            raise RuntimeError(f"reference ODE solve failed: {sol.message}")
-        return sol.y[:, -1].reshape(out_shape)
+        return _dop853(self._velocity_flat, xf, s_from, s_to, rtol, atol).reshape(out_shape)
 
     def __repr__(self) -> str:
         return f"GaussianMixture(K={self.n_components}, event_shape={self.event_shape})"
@@ -530,3 +514,17 @@ class AnalyticVelocity:
 
     def __repr__(self) -> str:
         return f"AnalyticVelocity({self.data!r}, {self.schedule!r})"
+
+
+def _dop853(field, x: np.ndarray, s_from: float, s_to: float, rtol: float, atol: float) -> np.ndarray:
+    """The reference ODE solution dx/ds = field(x, s) from s_from to s_to for a (B, D) batch
+    (DOP853 at the given tolerances): the ε-ODE in σ̄ and the flow's velocity ODE in σ."""
+    B, D = x.shape
+
+    def rhs(s: float, y: np.ndarray) -> np.ndarray:
+        return field(y.reshape(B, D), s).ravel()
+
+    sol = solve_ivp(rhs, (s_from, s_to), x.ravel(), method="DOP853", rtol=rtol, atol=atol)
+    if not sol.success:  # pragma: no cover - DOP853 on this smooth ODE does not fail
+        raise RuntimeError(f"reference ODE solve failed: {sol.message}")
+    return sol.y[:, -1]
