@@ -439,10 +439,10 @@ class _Evaluator:
         self.step = 0
         self._borrowed = None
 
-    def __call__(self, x: Any, index: int) -> Any:
+    def __call__(self, x: Any, index: int, t: Any = None, scale: float = 1.0) -> Any:
         solver = self.solver
-        t = solver.grid.t(index)
-        x_in = arrays.copy(x)  # eps_fn may write to its input
+        t = solver.grid.t(index) if t is None else t
+        x_in = arrays.copy(x) if scale == 1.0 else scale * x  # eps_fn may write to its input: never pass x itself
         raw = self.eps_fn(x_in, t)
         returned_input = raw is x_in  # (an ε that returns its argument returns our copy)
         del x_in  # free the copy before ε is cast and checked: the peak stays where it was

@@ -76,6 +76,11 @@ class Stepper:
     def __init__(self, solver: Solver, direction: Direction, carry: Carry, target: int):
         if direction not in ("sample", "invert"):
             raise ValueError(f"direction={direction!r} must be 'sample' or 'invert'")
+        if getattr(solver._plan, "shift", None) is not None:
+            raise ValueError(
+                f"{solver.method.signature()} evaluates ε at shifted noise levels (docs/math.md §13), not at the grid's "
+                "states and model times a Stepper hands out; run it with Solver.sample / Solver.invert"
+            )
         self.solver, self.direction, self.target = solver, direction, int(target)
         self._carry = carry
         self._supplied: list = []

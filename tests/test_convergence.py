@@ -64,9 +64,9 @@ REGISTRY_NS = {"edict": [160, 320, 640, 1280]}
 
 
 # DPL's rows are neutral in the stiff directions (like the leapfrog): on alternating steps
-# "dpl-ob" does not converge, so its declared order holds on smoothly graded grids (every
+# "dpl-ob" (shifted or not) does not converge, so its declared order holds on smoothly graded grids (every
 # spacing the schedules offer); here a Karras ρ = 7 grid (see belm_core.methods.pfamily)
-SMOOTH_GRIDS_ONLY = {"dpl-ob"}
+SMOOTH_GRIDS_ONLY = {"dpl-ob", "dpl-ob-shift"}
 
 
 def karras_timesteps(schedule, N: int, rho: float = 7.0) -> np.ndarray:

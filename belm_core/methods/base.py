@@ -29,7 +29,10 @@ from ..grid import Grid
 from ..stability import Stability
 from .startup import startup_ladder
 
-__all__ = ["Carry", "Method", "LinearMultistep", "Stability", "Evaluate", "MultistepPlan", "nan_tables", "p_family_tables"]
+__all__ = [
+    "Carry", "Method", "LinearMultistep", "Stability", "Evaluate", "MultistepPlan", "EvaluationShift",
+    "nan_tables", "p_family_tables",
+]
 
 
 class Evaluate(Protocol):
@@ -37,10 +40,11 @@ class Evaluate(Protocol):
 
     `evaluate(x, index)` may return the model's own output buffer, which the model may
     reuse on its next call; `evaluate.own(eps)` returns an ε that the method may keep
-    past the next evaluation (a copy only when needed).
+    past the next evaluation (a copy only when needed). `evaluate(x, index, t=t*,
+    scale=κ)` calls the model at (κ·x, t*) instead of (x, t_index) (`EvaluationShift`).
     """
 
-    def __call__(self, x: Any, index: int) -> Any: ...
+    def __call__(self, x: Any, index: int, t: Any = None, scale: float = 1.0) -> Any: ...
 
     def own(self, eps: Any) -> Any: ...
 
@@ -61,11 +65,40 @@ class Carry:
 
 
 @dataclass(frozen=True, eq=False)
+class EvaluationShift:
+    """Where a method's own rows evaluate ε_i: at another noise level, from x_i alone
+    (docs/math.md §13). For grid index i with `time[i]` set,
+
+        ε̂_i = w_i · ε(κ_i x_i, t*_i),   κ_i = α(t*_i)/α_i,   w_i = σ̄(t*_i)/σ̄_i,
+
+    i.e. x̂0 of the same bar state x̄_i read at noise level σ̄*_i = σ̄(t*_i), turned back
+    into an ε at σ̄_i: ε̂_i = (x̄_i − x̂0(x̄_i; σ̄*_i))/σ̄_i. ε̂_i is a function of x_i alone,
+    so a relation with ε at the middle state stays exactly invertible.
+
+    time: per grid index, the model time t*_i (None: evaluate at t_i as usual).
+    scale, weight: κ_i and w_i (1 where `time[i]` is None).
+    """
+
+    time: tuple
+    scale: np.ndarray
+    weight: np.ndarray
+
+    def evaluate(self, evaluate: "Evaluate", x: Any, index: int) -> Any:
+        """ε̂_index of the state x at grid index `index`."""
+        t = self.time[index]
+        if t is None:
+            return evaluate(x, index)
+        return float(self.weight[index]) * evaluate(x, index, t=t, scale=float(self.scale[index]))
+
+
+@dataclass(frozen=True, eq=False)
 class MultistepPlan:
-    """A linear multistep method on one grid: x-space tables by k (start-up and own)."""
+    """A linear multistep method on one grid: x-space tables by k (start-up and own), and
+    where the method's own rows evaluate ε (None: at the grid's states and model times)."""
 
     grid: Grid
     tables: Mapping[int, recurrence.Table]
+    shift: EvaluationShift | None = None
 
 
 def nan_tables(grid: Grid, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -195,7 +228,7 @@ class LinearMultistep(Method):
         kk = min(len(carry.xs), self.k)
         table = plan.tables[kk]
         xs = carry.xs[:kk]  # xs[j−1] = x_{i−1+j}
-        eps = _fill_eps(table, i, xs, list(carry.eps[:kk]), i, evaluate)
+        eps = _fill_eps(table, i, xs, list(carry.eps[:kk]), self._shift(plan, kk), evaluate)
         x_new = recurrence.step(table, i, xs, eps)
         return self._keep(evaluate, i - 1, (x_new, *carry.xs), (None, *eps, *carry.eps[kk:]), lowest=True)
 
@@ -216,10 +249,15 @@ class LinearMultistep(Method):
         table = plan.tables[kk]
         i = top + 2 - kk
         window = carry.xs[-kk:]  # (x_{i−1}, x_i, …, x_{top})
-        eps = _fill_eps(table, i, window[1:], list(carry.eps[-kk + 1 :]) if kk > 1 else [], i, evaluate)
+        eps = _fill_eps(table, i, window[1:], list(carry.eps[-kk + 1 :]) if kk > 1 else [], self._shift(plan, kk), evaluate)
         x_new = recurrence.inverse_step(table, i, window[0], window[1:], eps)
         eps_all = (*carry.eps[: len(carry.xs) - kk + 1], *eps, None)
         return self._keep(evaluate, carry.index, (*carry.xs, x_new), eps_all, lowest=False)
+
+    def _shift(self, plan: MultistepPlan, kk: int) -> EvaluationShift | None:
+        """The evaluation shift for a step with `kk` states: the method's own rows only
+        (the start-up's DDIM step keeps ε at (x_N, t_N))."""
+        return plan.shift if kk == self.k else None
 
     def _keep(self, evaluate: Evaluate, index: int, xs: tuple, eps: tuple, lowest: bool) -> Carry:
         """Keep the k newest states (the lowest while sampling); drop ε of the state that
@@ -247,15 +285,18 @@ class LinearMultistep(Method):
         return product
 
 
-def _fill_eps(table: recurrence.Table, i: int, xs: Sequence[Any], eps: list, row: int, evaluate: Evaluate) -> list:
+def _fill_eps(
+    table: recurrence.Table, i: int, xs: Sequence[Any], eps: list, shift: EvaluationShift | None, evaluate: Evaluate
+) -> list:
     """ε_{i−1+j} for the slots j the relation at row i reads, evaluating the missing ones.
 
     `xs[j−1]` is x_{i−1+j} (j = 1 … len(xs)); ε kept in `eps` is reused. Every ε but the
     last one evaluated is owned, since a later evaluation may overwrite the model's buffer.
+    With a `shift`, ε is read where it says (`EvaluationShift`).
     """
     eps = eps + [None] * (len(xs) - len(eps))
-    missing = [j for j in table.eps_slots(row) if j <= len(xs) and eps[j - 1] is None]
+    missing = [j for j in table.eps_slots(i) if j <= len(xs) and eps[j - 1] is None]
     for n, j in enumerate(missing):
-        e = evaluate(xs[j - 1], i - 1 + j)
+        e = evaluate(xs[j - 1], i - 1 + j) if shift is None else shift.evaluate(evaluate, xs[j - 1], i - 1 + j)
         eps[j - 1] = e if n == len(missing) - 1 else evaluate.own(e)
     return eps

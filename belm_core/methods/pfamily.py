@@ -25,6 +25,12 @@ Members (`rule=`):
             ODE inversion. Order 2 on smoothly graded grids (every spacing the schedules
             offer). Registered as "dpl-ob".
 
+`shift=f` (0 ≤ f ≤ 1) reads ε̂_i = (σ̄*_i/σ̄_i) ε(α(t*_i) x̄_i, t*_i) at a shifted noise level
+σ̄*_i instead of ε(x_i, t_i) (docs/math.md §13, `belm_core.methods.shift`): still a function
+of x_i alone, so still exact, and with f = 1 exact on one more shape on any p. "dpl-ob-shift"
+(registered; `PFamily.shifted()`) is dpl-ob with f = ½, the sampler `belm_core.recommended`
+returns: order 2 on smooth grids, as dpl-ob.
+
 DPL's rows are neutral in the stiff directions (q_i = 1, see `stiff_ratio`), as the
 leapfrog is: on grids whose step ratio jumps from step to step (alternating or jittered
 steps, only reachable through `timesteps=`) "dpl" and "dpl-ob" stop converging, while
@@ -44,13 +50,15 @@ networks (`PFamily.stiff_ratio`).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
 
 from ..checks import is_real
 from ..grid import Grid
-from .base import LinearMultistep, Stability, p_family_tables
+from .base import LinearMultistep, MultistepPlan, Stability, p_family_tables
+from .shift import evaluation_shift
 
 __all__ = ["PFamily", "PRule", "P_RULES"]
 
@@ -58,6 +66,7 @@ PRule = Literal["o-belm", "bdia", "dpl", "dpl-ob"]
 P_RULES: tuple[str, ...] = ("o-belm", "bdia", "dpl", "dpl-ob")
 _ORDER = {"o-belm": 2, "bdia": 1, "dpl": 1, "dpl-ob": 2}
 DEFAULT_S = 0.3
+DEFAULT_SHIFT = 0.5
 
 
 class PFamily(LinearMultistep):
@@ -68,11 +77,12 @@ class PFamily(LinearMultistep):
         phi: a sympy expression in one symbol (σ̄), or a callable taking a sympy symbol;
             instead of `rule`. sympy is imported only when `phi` is given.
         s: the σ̄ threshold of "dpl-ob" below which O-BELM's p may take over.
+        shift: the fraction f ∈ [0, 1] of the evaluation shift (0: ε at (x_i, t_i)); ε-prediction only.
     """
 
     k = 2
 
-    def __init__(self, rule: PRule | None = "dpl-ob", *, phi: Any = None, s: float = DEFAULT_S):
+    def __init__(self, rule: PRule | None = "dpl-ob", *, phi: Any = None, s: float = DEFAULT_S, shift: float = 0.0):
         if phi is not None:
             from ..derivation.shapes import shape_p
 
@@ -90,6 +100,19 @@ class PFamily(LinearMultistep):
         self.s = float(s)
         if self.rule == "dpl-ob" and self.s != DEFAULT_S:
             self.name = f"dpl-ob(s={self.s!r})"
+        if not is_real(shift) or not 0.0 <= shift <= 1.0:
+            raise ValueError(f"shift={shift!r} must be a real number in [0, 1] (0: ε at t_i; 1: the full shift of docs/math.md §13)")
+        self.shift = float(shift)
+        if self.name == "dpl-ob" and self.shift == DEFAULT_SHIFT:
+            self.name = "dpl-ob-shift"
+        elif self.shift:
+            self.name = f"{self.name}(shift={self.shift!r})" if "(" not in self.name else f"{self.name[:-1]}, shift={self.shift!r})"
+
+    @classmethod
+    def shifted(cls) -> PFamily:
+        """"dpl-ob-shift": dpl-ob with ε read at the half-way shifted noise level (shift = 0.5,
+        docs/math.md §13), the sampler `belm_core.recommended` returns."""
+        return cls("dpl-ob", shift=DEFAULT_SHIFT)
 
     def p(self, grid: Grid) -> np.ndarray:
         """p_i for rows i = 1 … N−1, as an array of shape (N+1,) (NaN outside the rows)."""
@@ -129,6 +152,17 @@ class PFamily(LinearMultistep):
 
     def bar_table(self, grid: Grid):
         return p_family_tables(grid, self.p(grid)[1:-1])
+
+    def prepare(self, grid: Grid) -> MultistepPlan:
+        plan = super().prepare(grid)
+        if not self.shift or grid.N < 2:
+            return plan
+        if grid.prediction != "epsilon":
+            raise ValueError(
+                f"{self.signature()}: the evaluation shift reads x̂0 at another noise level in bar coordinates "
+                f"(ε-prediction); this grid runs prediction={grid.prediction!r}: use shift=0"
+            )
+        return replace(plan, shift=evaluation_shift(grid, self.p(grid), self.shift))
 
     def stability(self):
         # equal steps far from the clean end: p → 1, ρ(ζ) = (ζ − 1)(ζ + 1), the leapfrog's roots

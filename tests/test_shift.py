@@ -1,0 +1,130 @@
+"""The evaluation shift of the p-family (belm_core.methods.shift, docs/math.md §13).
+
+Oracles: exact round trips for every shift (ε̂_i depends on x_i alone), the hand-derived
+τ-midpoint of DPL rows and the zero shift of O-BELM's last row, the model called at
+(κ_i x_i, t*_i) with κ_i = α(t*_i)/α_i at training timesteps only, the empirical order,
+and a smaller local error of one row started on the exact trajectory.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from belm_core import DiscreteVP, FlowMatch, Latent, LinearVP, PFamily, Solver, make_grid, recommended
+from belm_core.methods.shift import shifted_sigma_bar
+from belm_core.stepper import Stepper
+from helpers import AnalyticEps, held_out_mixture
+
+
+class Spy:
+    """ε that records the (x, t) it is called with."""
+
+    def __init__(self, f):
+        self.f, self.calls = f, []
+
+    def __call__(self, x, t):
+        self.calls.append((x.copy(), t))
+        return self.f(x, t)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), N=st.integers(2, 30), shift=st.floats(0.0, 1.0),
+       rule=st.sampled_from(["dpl-ob", "dpl", "o-belm"]), discrete=st.booleans())
+def test_every_shift_round_trips_exactly(seed, N, shift, rule, discrete):
+    rng = np.random.default_rng(seed)
+    if discrete:
+        sch = DiscreteVP.linear()
+        t = np.sort(rng.choice(np.arange(1, 1000), N, replace=False))[::-1]
+    else:
+        sch = LinearVP()
+        t = np.sort(rng.uniform(sch.t_min, sch.t_max, N))[::-1]
+    data = held_out_mixture((3,), seed=seed % 5)
+    eps = AnalyticEps(data, sch)
+    x0 = data.sample(4, seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        solver = Solver(sch, method=PFamily(rule, shift=shift), timesteps=t, allow_unstable=True, check_finite=False)
+        latent = solver.invert(eps, x0)
+        rec = solver.sample(eps, latent)
+    p = np.abs(solver.method.p(solver.grid)[1:-1])
+    scale = float(np.prod(np.maximum(p, 1 / p))) * float(np.max(np.abs(latent.states[0])) + 1)
+    if scale < 1e6:
+        assert np.max(np.abs(rec - x0)) <= 1e-10 * scale * N
+
+
+def test_dpl_rows_read_x0_at_the_tau_midpoint_and_obelm_row_1_is_not_moved():
+    sch = LinearVP()
+    grid = make_grid(sch, sch.timesteps(12))
+    p = PFamily("dpl").p(grid)
+    sb, N = grid.sigma_bar, grid.N
+    star = shifted_sigma_bar(grid, p, 1.0)  # rows 1 … N−1
+    i = np.arange(2, N)
+    m = 2.0 / (1.0 / sb[i - 1] + 1.0 / sb[i + 1])  # σ̄ at the τ-midpoint, τ = 1/σ̄ (hand-derived)
+    np.testing.assert_allclose(star[1:], np.sqrt((m**2 + sb[i] ** 2) / 2), rtol=1e-12)
+    assert star[0] == pytest.approx(sb[1], rel=1e-14)  # row 1 has O-BELM's p_1: the x̄-quadratic shape needs no shift
+    half = shifted_sigma_bar(grid, p, 0.5)[1:]
+    np.testing.assert_allclose(half, np.sqrt(((sb[i] + 0.5 * (m - sb[i])) ** 2 + sb[i] ** 2) / 2), rtol=1e-12)
+    assert np.all((half < sb[i]) & (half > star[1:]))  # a lower level, half-way
+
+
+def test_the_model_sees_the_same_bar_state_at_a_training_timestep():
+    sch = DiscreteVP.scaled_linear()
+    data = held_out_mixture((4,), seed=3)
+    spy = Spy(AnalyticEps(data, sch))
+    solver = Solver(sch, steps=10, **recommended(sch, 10))
+    x_T = np.random.default_rng(0).normal(size=(8, 4))
+    states = []
+    solver.sample(spy, x_T, callback=lambda info: states.append((info["index"], info["x"])))
+    assert len(spy.calls) == 10
+    grid, shift = solver.grid, solver._plan.shift
+    # row N−1 reads the start-up's ε_eff; rows N−2 … 2 are moved (row 1 keeps O-BELM's p_1: no shift)
+    moved = [i for i in range(grid.N - 1) if shift.time[i] is not None]
+    assert moved == list(range(2, grid.N - 1))
+    by_index = dict(states)
+    for x, t in spy.calls:
+        assert isinstance(t, int) and 0 <= t <= 999  # the model only ever sees training timesteps
+    for i in moved:
+        t_star = shift.time[i]
+        x_seen = [x for x, t in spy.calls if t == t_star]
+        assert len(x_seen) == 1 and t_star not in grid.timesteps
+        # κ_i x_i: the bar state x̄_i = x_i/α_i handed to the model at α(t*)
+        np.testing.assert_allclose(x_seen[0] / float(sch.alpha(t_star)), by_index[i] / grid.alpha[i], rtol=1e-12)
+
+
+def _row_error(shift: float, i: int) -> float:
+    """RMSE of x_{i−1} after row i of dpl-ob, started from the exact (x_{i+1}, x_i)."""
+    sch = DiscreteVP.linear()
+    data = held_out_mixture((4,), seed=11)
+    eps = AnalyticEps(data, sch)
+    solver = Solver(sch, steps=10, method=PFamily("dpl-ob", shift=shift), spacing="trailing")
+    g = solver.grid
+    x_bar = data.sample(64, seed=4) + g.sigma_bar[i + 1] * np.random.default_rng(5).normal(size=(64, 4))
+    exact = {j: data.flow(x_bar, g.sigma_bar[i + 1], g.sigma_bar[j]) * g.alpha[j] for j in (i, i - 1)}
+    latent = Latent(states=(x_bar * g.alpha[i + 1], exact[i]), index=i + 1, method=solver.method.signature(),
+                    grid_key=g.key)
+    out = []
+    solver.sample(eps, latent, callback=lambda info: out.append(info["x"]) if info["step"] == 1 else None)
+    return float(np.sqrt(np.mean((out[0] - exact[i - 1]) ** 2)))
+
+
+@pytest.mark.parametrize("i", [8, 6, 4, 2])
+def test_the_shift_lowers_the_local_error_of_dpl_rows(i):
+    # rows far from the clean end gain most (about 1.7× here); all gain
+    assert _row_error(0.5, i) < (0.7 if i >= 5 else 0.85) * _row_error(0.0, i)
+
+
+def test_bad_shift_and_velocity_grids_and_steppers_are_refused():
+    for bad in (-0.1, 1.5, float("nan"), "half"):
+        with pytest.raises(ValueError, match="shift="):
+            PFamily("dpl-ob", shift=bad)
+    with pytest.raises(ValueError, match="prediction='velocity'"):
+        Solver(FlowMatch(shift=3.0), steps=8, method=PFamily("o-belm", shift=0.5))
+    sch = DiscreteVP.linear()
+    solver = Solver(sch, steps=8, **recommended(sch, 8))
+    with pytest.raises(ValueError, match="shifted noise levels"):
+        Stepper.sampling(solver, np.zeros((1, 2)))
+    assert PFamily("dpl-ob", shift=0.5).signature() == "dpl-ob-shift"
+    assert PFamily("dpl", shift=0.25).signature() == "dpl(shift=0.25)"
