@@ -128,3 +128,4 @@ def test_bad_shift_and_velocity_grids_and_steppers_are_refused():
         Stepper.sampling(solver, np.zeros((1, 2)))
     assert PFamily("dpl-ob", shift=0.5).signature() == "dpl-ob-shift"
     assert PFamily("dpl", shift=0.25).signature() == "dpl(shift=0.25)"
+
