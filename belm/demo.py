@@ -74,11 +74,12 @@ def run_demo(
 
 
 def format_rows(rows: list[dict]) -> str:
-    head = f"{'method':<22}{'steps':>6}{'NFE':>6}{'order':>6}{'round-trip MSE':>16}{'RMSE vs ref':>14}{'amplif.':>10}"
+    w = max([22] + [len(r["method"]) + 2 for r in rows])
+    head = f"{'method':<{w}}{'steps':>6}{'NFE':>6}{'order':>6}{'round-trip MSE':>16}{'RMSE vs ref':>14}{'amplif.':>10}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['method']:<22}{r['steps']:>6}{r['nfe']:>6}{r['order']:>6}{r['roundtrip_mse']:>16.2e}"
+            f"{r['method']:<{w}}{r['steps']:>6}{r['nfe']:>6}{r['order']:>6}{r['roundtrip_mse']:>16.2e}"
             f"{r['sample_rmse']:>14.2e}{r['amplification']:>10.3g}"
         )
     return "\n".join(lines)
