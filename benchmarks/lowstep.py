@@ -33,8 +33,19 @@ re-evaluating ε after the corrector (+1 call) or several predictor–corrector 
 help. On the linear schedule at NFE 5–10 the error grows over all rows: it is the
 family's truncation (one ε per row, q ≤ 1), which UniPC's corrector beats. Mixtures with
 tiny variances make NFE 5–10 a coin flip (one point switching mode), hence ≥ 256 points.
-Not done: the peers on their own best grid laws (the study found tuned grids help UniPC
-as much as they help this sampler, and a tuned UniPC still wins at NFE 10–20).
+
+The peers on their own best grid laws (the issue's stretch): for each schedule and each
+of DPM++2M, UniPC and DEIS, the candidates are the grid laws diffusers itself offers for
+that scheduler (`benchmarks.peers.GRID_LAWS`: "linspace", "trailing", Karras, exponential
+and beta σ, and λ-uniform for DPM-Solver++ only) whose first state is the noisiest one,
+σ̄(T − 1), at every NFE ("leading" starts at ⌊T/(N+1)⌋·N and is excluded: it would skip
+part of the trajectory the others integrate). The chosen law is the candidate with the
+smallest geometric-mean RMSE over NFE 5/10/20 × the TUNING mixtures (`tuning_problems`:
+own seeds and shapes, none of the reported problems; 128 points each, same in --quick);
+ties go to the earlier candidate, so the default "linspace" is kept unless another law
+is strictly better. The selection table lists every candidate's tuning score; the
+best-grid peers are then run on the reported problems, and a cell is **bold** where the
+recommended sampler is at most the better of DPM++2M and UniPC on their best grids.
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ NFES = (5, 10, 20)
 LATENT_STEPS = (10, 20, 50)
 PEERS = ("diffusers-DPM++2M", "diffusers-UniPC", "diffusers-DEIS")
 OURS = ("recommended", "o-belm (linspace)")
+TUNING_BATCH = 128
 LATENT_METHODS = ("recommended", "dpl (trailing)", "o-belm (linspace)")
 
 
@@ -75,6 +87,81 @@ def problems(quick: bool) -> dict:
         "R⁶⁴, 3 wide comps": GaussianMixture.random((64,), 3, seed=13, spread=3.0, min_var=0.1, max_var=1.0),
     }
     return dict(list(out.items())[:2]) if quick else out
+
+
+def tuning_problems() -> dict:
+    """The mixtures the peers' grid laws are chosen on: name → GaussianMixture. Own seeds
+    and shapes, disjoint from `problems` (so the reported cells are held out)."""
+    from backends.analytic import GaussianMixture, default_problem
+
+    return {
+        "R², 4 comps, spread 1.5": GaussianMixture.random((2,), 4, seed=101, spread=1.5),
+        "R⁸, 6 comps": GaussianMixture.random((8,), 6, seed=102, spread=1.0, min_var=0.05, max_var=0.3),
+        "R⁶, 5 separated comps": default_problem((6,), seed=103),
+        "R²⁴, 4 wide comps": GaussianMixture.random((24,), 4, seed=104, spread=2.5, min_var=0.1, max_var=0.8),
+    }
+
+
+def best_key(peer: str) -> str:
+    """The errors' key of `peer` on its own best grid law."""
+    return f"{peer} (best grid)"
+
+
+@dataclass(frozen=True)
+class GridChoice:
+    """One peer's grid law chosen on the tuning set for one schedule."""
+
+    law: str
+    scores: dict  # candidate law → geometric-mean tuning RMSE over (tuning problem, NFE)
+    excluded: dict  # law diffusers offers but not a candidate → why
+
+
+def geo_mean(values) -> float:
+    """exp(mean(log v)); inf when any value is not finite or not positive."""
+    v = np.asarray(list(values), dtype=np.float64)
+    if not np.all(np.isfinite(v) & (v > 0)):
+        return float("inf")
+    return float(np.exp(np.mean(np.log(v))))
+
+
+def grid_candidates(peer: str, schedule, nfes) -> tuple[tuple, dict]:
+    """(the laws of `peers.grid_laws(peer)` whose first state is σ̄(T − 1) at every NFE,
+    {excluded law: reason})."""
+    t_T = int(schedule.num_train_timesteps) - 1
+    sb_T = float(schedule.sigma_bar(t_T))
+    keep, excluded = [], {}
+    for law in peers.grid_laws(peer):
+        starts = {n: peers.start_sigma_bar(peer, schedule, n, law) for n in nfes}
+        off = {n: sb for n, sb in starts.items() if abs(sb / sb_T - 1.0) > 1e-3}  # diffusers: float32 ᾱ, ~1e-5 off
+        if off:
+            n = min(off)
+            t0 = peers.first_timestep(peer, schedule, n, law)
+            excluded[law] = f"starts at t = {t0}, σ̄ = {off[n]:.3g}, not σ̄(T − 1) = {sb_T:.3g} (NFE {n})"
+        else:
+            keep.append(law)
+    return tuple(keep), excluded
+
+
+def peer_error(case: Case, peer: str, nfe: int, law: str) -> float:
+    """RMSE of `peer` on grid law `law` with `nfe` model calls from the case's x_T."""
+    import torch
+
+    run = peers.sample(peer, case.schedule, case.eps, torch.from_numpy(case.x_T.copy()), nfe, law)
+    if run.nfe != nfe:
+        raise RuntimeError(f"{peer} on {law!r} made {run.nfe} model calls, not {nfe}")
+    return case.error(run.x0.numpy(), run.end_alpha, run.end_sigma_bar)
+
+
+def choose_grids(schedule, nfes, cases) -> dict:
+    """{peer: GridChoice}: per peer in PEERS, the candidate law with the smallest
+    geometric-mean RMSE over `cases` (tuning Cases on `schedule`) × `nfes`; ties → the
+    earlier candidate ("linspace", diffusers' default, comes first)."""
+    out = {}
+    for peer in PEERS:
+        laws, excluded = grid_candidates(peer, schedule, nfes)
+        scores = {law: geo_mean(peer_error(c, peer, n, law) for c in cases for n in nfes) for law in laws}
+        out[peer] = GridChoice(min(laws, key=lambda law: scores[law]), scores, excluded)
+    return out
 
 
 def _solver(schedule, name: str, steps: int):
@@ -117,11 +204,13 @@ class Case:
         return rmse(x, end_alpha * self._refs[key])
 
 
-def sample_errors(case: Case, nfes) -> dict:
-    """{method: {nfe: RMSE}} for ours (N = NFE steps) and the peers (NFE model calls)."""
+def sample_errors(case: Case, nfes, grids: dict | None = None) -> dict:
+    """{method: {nfe: RMSE}} for ours (N = NFE steps) and the peers (NFE model calls) on
+    their default grid, plus `best_key(peer)` on law `grids[peer]` for each peer in `grids`."""
     import torch
 
-    out: dict = {m: {} for m in OURS + PEERS}
+    grids = grids or {}
+    out: dict = {m: {} for m in OURS + PEERS + tuple(best_key(p) for p in grids)}
     for nfe in nfes:
         for m in OURS:
             solver = _solver(case.schedule, m, nfe)
@@ -131,6 +220,8 @@ def sample_errors(case: Case, nfes) -> dict:
             run = peers.sample(p, case.schedule, case.eps, torch.from_numpy(case.x_T.copy()), nfe, "linspace")
             assert run.nfe == nfe and int(run.timesteps[0]) == case.t_T
             out[p][nfe] = case.error(run.x0.numpy(), run.end_alpha, run.end_sigma_bar)
+        for p, law in grids.items():
+            out[best_key(p)][nfe] = peer_error(case, p, nfe, law)
     return out
 
 
@@ -196,36 +287,45 @@ class LowstepData:
     latents: dict  # (schedule, problem) → latent_errors(...)
     digits: dict | None = None
     notes: list = field(default_factory=list)
+    grids: dict = field(default_factory=dict)  # schedule → {peer: GridChoice}
 
 
 def compute(quick: bool = False, progress: bool = True, with_digits: bool | None = None) -> LowstepData:
     batch = 64 if quick else 256
     probs = problems(quick)
-    errors, latents = {}, {}
+    errors, latents, grids = {}, {}, {}
     for sname, sch in schedules().items():
+        if progress:
+            print(f"  lowstep: {sname} / choosing the peers' grid laws on the tuning set", flush=True)
+        tuning = [Case(d, sch, TUNING_BATCH, seed=100) for d in tuning_problems().values()]
+        grids[sname] = choose_grids(sch, NFES, tuning)
+        chosen = {p: g.law for p, g in grids[sname].items()}
         for pname, data in probs.items():
             if progress:
                 print(f"  lowstep: {sname} / {pname}", flush=True)
-            errors[(sname, pname)] = sample_errors(Case(data, sch, batch), NFES)
+            errors[(sname, pname)] = sample_errors(Case(data, sch, batch), NFES, chosen)
         for pname in list(probs)[:3]:
             latents[(sname, pname)] = latent_errors(probs[pname], sch, 32 if quick else 64, LATENT_STEPS)
     digits = None
     if with_digits if with_digits is not None else not quick:
         digits = digits_fd(NFES, 200 if quick else 1000, progress)
-    return LowstepData(NFES, batch, errors, LATENT_STEPS, latents, digits)
+    return LowstepData(NFES, batch, errors, LATENT_STEPS, latents, digits, grids=grids)
 
 
 # ------------------------------------------------------------------------ tables
-def best_peer(by_method: dict, nfe: int) -> float:
-    return min(by_method["diffusers-DPM++2M"][nfe], by_method["diffusers-UniPC"][nfe])
+def best_peer(by_method: dict, nfe: int, best_grid: bool = False) -> float:
+    """min(DPM++2M, UniPC) at `nfe`, on their default grid or (`best_grid`) on their best grid law."""
+    key = best_key if best_grid else str
+    return min(by_method[key("diffusers-DPM++2M")][nfe], by_method[key("diffusers-UniPC")][nfe])
 
 
-def wins(data: LowstepData) -> dict:
-    """{schedule: (cells where recommended ≤ min(DPM++2M, UniPC), cells)}."""
+def wins(data: LowstepData, best_grid: bool = False) -> dict:
+    """{schedule: (cells where recommended ≤ min(DPM++2M, UniPC), cells)}; `best_grid`:
+    the peers on their own best grid laws (the stretch)."""
     out: dict = {}
     for (sname, _), e in data.errors.items():
         w, n = out.get(sname, (0, 0))
-        w += sum(e["recommended"][k] <= best_peer(e, k) for k in data.nfes)
+        w += sum(e["recommended"][k] <= best_peer(e, k, best_grid) for k in data.nfes)
         out[sname] = (w, n + len(data.nfes))
     return out
 
@@ -247,6 +347,34 @@ def error_table(data: LowstepData, sname: str) -> str:
     return table(["problem"] + [f"{m} NFE {'/'.join(map(str, data.nfes))}" for m in cols], rows)
 
 
+def grid_choice_table(data: LowstepData) -> str:
+    """Per schedule and peer: the chosen law, its tuning score, the default's, every candidate's, the excluded laws."""
+    rows = []
+    for sname, by_peer in data.grids.items():
+        for peer, g in by_peer.items():
+            rows.append([sname, peer, f"**{g.law}**", g.scores[g.law], g.scores.get("linspace"),
+                         ", ".join(f"{law} {v:.3g}" for law, v in g.scores.items()),
+                         "; ".join(f"{law}: {why}" for law, why in g.excluded.items()) or "—"])
+    return table(["schedule", "peer", "chosen law", "tuning score", "linspace (default) score",
+                  "every candidate's tuning score", "excluded"], rows)
+
+
+def best_grid_table(data: LowstepData, sname: str) -> str:
+    """Recommended vs the peers on their best grid laws; **bold** where recommended ≤ min(DPM++2M, UniPC) there."""
+    chosen = {p: g.law for p, g in data.grids[sname].items()}
+    rows = []
+    for (s, pname), e in data.errors.items():
+        if s != sname:
+            continue
+        ours = [f"**{e['recommended'][k]:.3g}**" if e["recommended"][k] <= best_peer(e, k, True)
+                else f"{e['recommended'][k]:.3g}" for k in data.nfes]
+        rows.append([pname, " / ".join(ours)]
+                    + [" / ".join(f"{e[best_key(p)][k]:.3g}" for k in data.nfes) for p in chosen])
+    nfes = "/".join(map(str, data.nfes))
+    return table(["problem", f"recommended NFE {nfes}"] + [f"{p} ({law}) NFE {nfes}" for p, law in chosen.items()],
+                 rows)
+
+
 def latent_table(data: LowstepData) -> str:
     rows = []
     for (sname, pname), r in data.latents.items():
@@ -266,6 +394,19 @@ def render(data: LowstepData) -> str:
         body += ["", f"### {sname} schedule — RMSE at NFE {'/'.join(map(str, data.nfes))}", ""]
         body.append(error_table(data, sname))
         body.append(f"\nRecommended ≤ min(DPM++2M, UniPC) in **{w} of {n}** cells.")
+    if data.grids:
+        body += ["", "### The peers on their own best grid laws", "",
+                 (f"Chosen per schedule on the tuning set ({len(tuning_problems())} mixtures × {TUNING_BATCH} "
+                  f"points, NFE {'/'.join(map(str, data.nfes))}; score = geometric-mean RMSE):"),
+                 "", grid_choice_table(data)]
+        stretch = wins(data, best_grid=True)
+        for sname, (w, n) in stretch.items():
+            body += ["", f"#### {sname} schedule — RMSE at NFE {'/'.join(map(str, data.nfes))}, peers on best grids",
+                     "", best_grid_table(data, sname),
+                     f"\nRecommended ≤ min(DPM++2M, UniPC), each on its best grid, in **{w} of {n}** cells."]
+        w, n = (sum(v[i] for v in stretch.values()) for i in (0, 1))
+        body.append(f"\n**Stretch: recommended ≤ the better of DPM++2M and UniPC on their best grid laws in "
+                    f"{w} of {n} cells** (default grids: {sum(v[0] for v in wins(data).values())} of {n}).")
     body += ["", "### Inverted latents: distance of x_N to the exact ODE inversion (64 points)", "",
              latent_table(data)]
     if data.digits is not None:
@@ -283,17 +424,16 @@ def draw(data: LowstepData, fig_dir: Path) -> list:
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4))
     for ax, sname in zip(np.atleast_1d(axes), names):
         cases = [e for (s, _), e in data.errors.items() if s == sname]
-        mean = {m: {k: float(np.exp(np.mean([np.log(e[m][k]) for e in cases]))) for k in data.nfes}
-                for m in OURS + PEERS}
+        mean = {m: {k: geo_mean(e[m][k] for e in cases) for k in data.nfes} for m in cases[0]}
         plot_series(ax, data.nfes, mean, OURS)
         ax.set_title(sname)
         ax.set_xlabel("NFE (model calls)")
     np.atleast_1d(axes)[0].set_ylabel("geometric-mean RMSE over the problems")
     np.atleast_1d(axes)[-1].legend(fontsize=7)
     return [(savefig(fig, fig_dir, "lowstep_vs_peers"),
-             "Geometric mean over the held-out mixtures of the RMSE against the ODE solution, per schedule: "
-             "the recommended exact sampler and O-BELM (solid) vs diffusers' DPM++2M, UniPC and DEIS on their "
-             "default grid (dashed). Produced by `benchmarks/lowstep.py`.")]
+             ("Geometric mean over the held-out mixtures of the RMSE against the ODE solution, per schedule: "
+              "the recommended exact sampler and O-BELM (solid) vs diffusers' DPM++2M, UniPC and DEIS on their "
+              "default grid and on their own best grid law (dashed). Produced by `benchmarks/lowstep.py`."))]
 
 
 def run(quick: bool = False, fig_dir=None, progress: bool = True) -> Section:

@@ -29,13 +29,34 @@ supports only "leading"/"trailing") and `DPMSolverMultistepInverseScheduler` (pa
 with `DPMSolverMultistepScheduler`, `final_sigmas_type="sigma_min"`: the inverse
 starts from the first training timestep t = 0, σ̄ = σ̄(0), not from the clean state,
 so the forward one must end there too).
+
+Grid laws (`GridLaw`, the `spacing` argument): diffusers' own scheduler options, nothing
+re-derived here —
+
+| law | option | model times / σ nodes |
+|---|---|---|
+| `linspace`, `leading`, `trailing` | `timestep_spacing` | the table of "Common Diffusion Noise Schedules and Sample Steps are Flawed" (Lin et al. 2024, Table 2); `leading` starts at ⌊T/(N+1)⌋·N + offset, not at T − 1 |
+| `karras` | `use_karras_sigmas=True` | σ_i = (σ_max^{1/ρ} + i/(N−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, ρ = 7 (Karras et al. 2022, eq. 5); model time = round(t(σ_i)) |
+| `exponential` | `use_exponential_sigmas=True` | log σ uniform from σ_max to σ_min; model time = ⌊t(σ_i)⌋ (diffusers casts, it does not round) |
+| `beta` | `use_beta_sigmas=True` | σ at the quantiles of Beta(0.6, 0.6) (Lee et al. 2024); model time = ⌊t(σ_i)⌋ |
+| `lu` | `use_lu_lambdas=True` (DPM-Solver++ only) | λ = −log σ̄ uniform (Lu et al. 2022, "logSNR" steps): the σ nodes of `exponential`, model time rounded instead of cast |
+
+σ_max = σ̄(T − 1) and σ_min = σ̄(0) for the σ laws (the schedule's own ends), so the σ
+laws start at the noisiest state whatever their model time. DPM++2M and UniPC then
+append σ = 0 (`final_sigmas_type="zero"`) under every law; DEIS repeats its last σ
+(σ̄(0) under the σ laws — its last step has length 0 — and σ̄(0) on the spacings), so
+it always ends at σ̄(0). `grid_laws(name)` lists the laws the installed scheduler class
+accepts. `sample` starts the loop at index 0 (`set_begin_index(0)`): on the cosine
+schedule several Karras/exponential/beta/λ nodes round to the same model time 999, and
+diffusers' own look-up of the first index then lands on the second copy and runs past
+its σ array.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -43,6 +64,24 @@ import numpy as np
 SAMPLERS = ("diffusers-DDIM", "diffusers-DPM++2M", "diffusers-UniPC", "diffusers-DEIS")
 #: names of the inversion peers
 INVERTERS = ("diffusers-DDIMInverse", "diffusers-DPMSolverInverse")
+
+GridLaw = Literal["linspace", "leading", "trailing", "karras", "exponential", "beta", "lu"]
+#: each grid law as diffusers' own constructor options (see the module docstring)
+GRID_LAWS: dict[str, dict[str, Any]] = {
+    "linspace": {"timestep_spacing": "linspace"},
+    "leading": {"timestep_spacing": "leading"},
+    "trailing": {"timestep_spacing": "trailing"},
+    "karras": {"use_karras_sigmas": True},
+    "exponential": {"use_exponential_sigmas": True},
+    "beta": {"use_beta_sigmas": True},
+    "lu": {"use_lu_lambdas": True},
+}
+_CLASSES = {
+    "diffusers-DDIM": "DDIMScheduler",
+    "diffusers-DPM++2M": "DPMSolverMultistepScheduler",
+    "diffusers-UniPC": "UniPCMultistepScheduler",
+    "diffusers-DEIS": "DEISMultistepScheduler",
+}
 
 
 @dataclass
@@ -60,16 +99,37 @@ def betas_of(schedule) -> np.ndarray:
     return 1.0 - ac / np.concatenate([[1.0], ac[:-1]])
 
 
-def make_sampler(name: str, schedule, spacing: str = "linspace", *, final: str = "zero"):
-    """A configured diffusers scheduler for one of `SAMPLERS` on `schedule`'s ᾱ."""
+def _check_sampler(name: str) -> None:
+    if name not in SAMPLERS:
+        raise ValueError(f"name={name!r} is not a sampling peer; choose one of {list(SAMPLERS)}")
+
+
+def grid_laws(name: str) -> tuple[str, ...]:
+    """The `GRID_LAWS` that the installed diffusers class of peer `name` accepts (its
+    constructor has every option the law sets), in `GRID_LAWS` order."""
+    import inspect
+
     import diffusers
 
+    _check_sampler(name)
+    params = inspect.signature(getattr(diffusers, _CLASSES[name]).__init__).parameters
+    return tuple(law for law, opts in GRID_LAWS.items() if all(k in params for k in opts))
+
+
+def make_sampler(name: str, schedule, spacing: GridLaw = "linspace", *, final: str = "zero"):
+    """A configured diffusers scheduler for one of `SAMPLERS` on `schedule`'s ᾱ, on grid law `spacing`."""
+    import diffusers
+
+    _check_sampler(name)
+    if spacing not in grid_laws(name):
+        raise ValueError(f"spacing={spacing!r} is not a grid law of {name} in diffusers {diffusers.__version__}; "
+                         f"choose one of {list(grid_laws(name))}")
     common = dict(
         num_train_timesteps=int(schedule.num_train_timesteps),
         trained_betas=betas_of(schedule).tolist(),
         prediction_type="epsilon",
-        timestep_spacing=spacing,
         steps_offset=int(getattr(schedule, "steps_offset", 0)),
+        **GRID_LAWS[spacing],
     )
     if name == "diffusers-DDIM":
         return diffusers.DDIMScheduler(set_alpha_to_one=True, clip_sample=False, thresholding=False, **common)
@@ -81,9 +141,7 @@ def make_sampler(name: str, schedule, spacing: str = "linspace", *, final: str =
         return diffusers.UniPCMultistepScheduler(
             solver_order=2, solver_type="bh2", predict_x0=True, thresholding=False, final_sigmas_type=final, **common
         )
-    if name == "diffusers-DEIS":
-        return diffusers.DEISMultistepScheduler(solver_order=2, thresholding=False, **common)
-    raise ValueError(f"name={name!r} is not a sampling peer; choose one of {list(SAMPLERS)}")
+    return diffusers.DEISMultistepScheduler(solver_order=2, thresholding=False, **common)
 
 
 def _end_point(sch, schedule) -> tuple[float, float]:
@@ -95,15 +153,24 @@ def _end_point(sch, schedule) -> tuple[float, float]:
     return 1.0 / np.sqrt(1.0 + sb * sb), sb
 
 
-def sample(name: str, schedule, eps_fn: Callable, x_T, steps: int, spacing: str = "linspace") -> PeerRun:
-    """Run peer `name`'s own step loop from x_T (a torch tensor) with `steps` model calls."""
-
-    x = x_T.clone()
-    nfe = 0
+def _configured(name: str, schedule, steps: int, spacing: GridLaw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # diffusers' own numpy-2 DeprecationWarnings
         sch = make_sampler(name, schedule, spacing)
         sch.set_timesteps(steps)
+        if hasattr(sch, "set_begin_index"):
+            sch.set_begin_index(0)  # the first node, even where the first model time repeats
+    return sch
+
+
+def sample(name: str, schedule, eps_fn: Callable, x_T, steps: int, spacing: GridLaw = "linspace") -> PeerRun:
+    """Run peer `name`'s own step loop from x_T (a torch tensor) with `steps` model calls."""
+
+    x = x_T.clone()
+    nfe = 0
+    sch = _configured(name, schedule, steps, spacing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         for t in sch.timesteps:
             eps = eps_fn(x, int(t))
             nfe += 1
@@ -112,12 +179,17 @@ def sample(name: str, schedule, eps_fn: Callable, x_T, steps: int, spacing: str 
     return PeerRun(x0=x, timesteps=sch.timesteps.numpy().copy(), end_alpha=ea, end_sigma_bar=esb, nfe=nfe)
 
 
-def first_timestep(name: str, schedule, steps: int, spacing: str = "linspace") -> int:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sch = make_sampler(name, schedule, spacing)
-        sch.set_timesteps(steps)
-    return int(sch.timesteps[0])
+def first_timestep(name: str, schedule, steps: int, spacing: GridLaw = "linspace") -> int:
+    return int(_configured(name, schedule, steps, spacing).timesteps[0])
+
+
+def start_sigma_bar(name: str, schedule, steps: int, spacing: GridLaw = "linspace") -> float:
+    """σ̄ of the state the peer's first step reads (diffusers' σ is our σ̄)."""
+    sch = _configured(name, schedule, steps, spacing)
+    if hasattr(sch, "sigmas"):
+        return float(np.float64(sch.sigmas[0]))
+    ac = float(schedule.alphas_cumprod[int(sch.timesteps[0])])
+    return ((1.0 - ac) / ac) ** 0.5
 
 
 def roundtrip(name: str, schedule, eps_fn: Callable, x0, steps: int) -> tuple[Any, Any]:

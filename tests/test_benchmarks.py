@@ -297,3 +297,100 @@ def test_lowstep_marks_only_cells_at_or_below_the_better_peer():
     assert lowstep.wins(data) == {"cosine": (3, 4)}
     rows = rows_of(lowstep.error_table(data, "cosine"))
     assert rows["a"][0] == "**0.4** / 0.3" and rows["b"][0] == "**0.5** / **0.1**"
+
+
+def test_peer_grid_laws_are_diffusers_own_options():
+    assert peers.grid_laws("diffusers-DPM++2M") == tuple(peers.GRID_LAWS)  # λ-uniform is DPM-Solver++ only
+    for name in ("diffusers-UniPC", "diffusers-DEIS"):
+        assert "lu" not in peers.grid_laws(name) and {"trailing", "karras", "exponential"} <= set(peers.grid_laws(name))
+    sch = DiscreteVP.scaled_linear()
+    assert peers.make_sampler("diffusers-UniPC", sch, "karras").config.use_karras_sigmas
+    assert peers.make_sampler("diffusers-DEIS", sch, "trailing").config.timestep_spacing == "trailing"
+    with pytest.raises(ValueError, match="spacing='lu'.*diffusers-UniPC"):
+        peers.make_sampler("diffusers-UniPC", sch, "lu")
+    with pytest.raises(ValueError, match="name='heun'"):
+        peers.grid_laws("heun")
+
+
+def test_peer_sample_starts_at_the_first_node_when_model_times_repeat():
+    from backends.analytic import GaussianMixture
+    from benchmarks import lowstep
+
+    case = lowstep.Case(GaussianMixture.random((2,), 2, seed=5), DiscreteVP.cosine(), 4)
+    run = peers.sample("diffusers-UniPC", case.schedule, case.eps, torch.from_numpy(case.x_T), 10, "karras")
+    assert len(set(run.timesteps.tolist())) < 10  # Karras σ nodes near σ̄(999) share model time 999 on cosine
+    assert run.nfe == 10 and run.end_sigma_bar == 0.0 and torch.isfinite(run.x0).all()
+    assert peers.start_sigma_bar("diffusers-UniPC", case.schedule, 10, "karras") == pytest.approx(
+        case.schedule.sigma_bar(999), rel=1e-4)  # diffusers' ᾱ is a float32 cumprod
+
+
+def test_tuning_mixtures_are_not_the_reported_problems():
+    from benchmarks import lowstep
+
+    reported = list(lowstep.problems(quick=False).values())
+    for tuned in lowstep.tuning_problems().values():
+        for r in reported:
+            assert tuned.means.shape != r.means.shape or not np.allclose(tuned.means, r.means)
+
+
+def test_choose_grids_takes_the_smallest_tuning_score_among_candidates_that_start_at_t_max():
+    from backends.analytic import GaussianMixture
+    from benchmarks import lowstep
+
+    sch = DiscreteVP.scaled_linear()
+    cases = [lowstep.Case(GaussianMixture.random((2,), 3, seed=21), sch, 8, seed=100)]
+    grids = lowstep.choose_grids(sch, (5, 10), cases)
+    assert set(grids) == set(lowstep.PEERS)
+    for peer, g in grids.items():
+        assert set(g.scores) | set(g.excluded) == set(peers.grid_laws(peer))
+        assert "leading" in g.excluded and "linspace" in g.scores  # leading starts below t = 999
+        assert g.scores[g.law] == min(g.scores.values()) <= g.scores["linspace"]
+        errs = [lowstep.peer_error(cases[0], peer, n, g.law) for n in (5, 10)]
+        assert g.scores[g.law] == pytest.approx(float(np.sqrt(errs[0] * errs[1])), rel=1e-12)
+
+
+def test_lowstep_counts_the_stretch_against_the_peers_on_their_best_grids():
+    from benchmarks import lowstep
+
+    def errs(ours, best_unipc):
+        e = {m: {5: 1.0, 10: 1.0} for m in lowstep.OURS + lowstep.PEERS}
+        e.update({lowstep.best_key(p): {5: 1.0, 10: 1.0} for p in lowstep.PEERS})
+        e["recommended"] = dict(zip((5, 10), ours))
+        e[lowstep.best_key("diffusers-UniPC")] = dict(zip((5, 10), best_unipc))
+        return e
+
+    choice = {p: lowstep.GridChoice("karras", {"linspace": 0.2, "karras": 0.1}, {}) for p in lowstep.PEERS}
+    data = lowstep.LowstepData((5, 10), 4, {("cosine", "a"): errs((0.4, 0.3), (0.5, 0.2)),
+                                            ("cosine", "b"): errs((0.5, 0.1), (0.4, 0.1))},
+                               (10, 20), {}, grids={"cosine": choice})
+    assert lowstep.wins(data) == {"cosine": (4, 4)} and lowstep.wins(data, best_grid=True) == {"cosine": (2, 4)}
+    rows = rows_of(lowstep.best_grid_table(data, "cosine"))
+    assert rows["a"][:2] == ["**0.4** / 0.3", "1 / 1"] and rows["b"][:3] == ["0.5 / **0.1**", "1 / 1", "0.4 / 0.1"]
+    text = lowstep.render(data)
+    assert "diffusers-UniPC (karras) NFE 5/10" in text
+    assert "on their best grid laws in 2 of 4 cells** (default grids: 4 of 4)" in text
+
+
+def test_lowstep_compute_reports_the_peers_on_their_chosen_laws(monkeypatch):
+    from backends.analytic import GaussianMixture
+    from benchmarks import lowstep
+
+    monkeypatch.setattr(lowstep, "schedules", lambda: {"linear": DiscreteVP.linear()})
+    monkeypatch.setattr(lowstep, "problems", lambda quick: {"tiny": GaussianMixture.random((2,), 2, seed=31)})
+    monkeypatch.setattr(lowstep, "tuning_problems", lambda: {"tune": GaussianMixture.random((2,), 3, seed=32)})
+    monkeypatch.setattr(lowstep, "TUNING_BATCH", 8)
+    monkeypatch.setattr(lowstep, "NFES", (5, 10))
+    monkeypatch.setattr(lowstep, "LATENT_STEPS", (4, 6))
+    data = lowstep.compute(quick=True, progress=False)
+    text = lowstep.render(data)
+    assert "### The peers on their own best grid laws" in text and "Stretch: recommended ≤" in text
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| linear | diffusers-")]
+    assert [r[1].strip() for r in rows] == list(lowstep.PEERS)
+    for r in rows:
+        law, score, default = r[2].strip().strip("*"), float(r[3]), float(r[4])
+        assert law in peers.grid_laws(r[1].strip()) and f"{law} " in r[5]
+        assert score <= default
+    for p, g in data.grids["linear"].items():
+        assert data.errors[("linear", "tiny")][lowstep.best_key(p)][5] == pytest.approx(
+            lowstep.peer_error(lowstep.Case(GaussianMixture.random((2,), 2, seed=31), DiscreteVP.linear(), 64),
+                               p, 5, g.law), rel=1e-12)
