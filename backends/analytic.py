@@ -200,16 +200,19 @@ class GaussianMixture:
         batch = tuple(x.shape[: x.ndim - n])
         return x.reshape(-1, self._dim), batch
 
+    def _logits(self, x: np.ndarray, sigma_bar: float) -> tuple[np.ndarray, np.ndarray]:
+        """(z, logits) on a (B, D) batch: z = (x̄ − μ_k)/(s_k² + σ̄²) of shape (B, K, D) and
+        log w_k + log N(x̄; μ_k, s_k² + σ̄²) of shape (B, K), without the common −D/2 log 2π."""
+        v = self._var + sigma_bar * sigma_bar  # (K, D): s_k² + σ̄²
+        diff = x[:, None, :] - self._mu  # (B, K, D)
+        z = diff / v
+        return z, self._log_w - 0.5 * (np.einsum("bkd,bkd->bk", diff, z) + np.log(v).sum(axis=1))
+
     def _eps_flat(self, x: np.ndarray, sigma_bar: float) -> np.ndarray:
         """ε*(x̄, σ̄) on a (B, D) float64 batch (no validation)."""
-        sb2 = sigma_bar * sigma_bar
-        v = self._var + sb2  # (K, D): s_k² + σ̄²
         if self.n_components == 1:
-            return sigma_bar * (x - self._mu[0]) / v[0]
-        diff = x[:, None, :] - self._mu  # (B, K, D)
-        z = diff / v  # (x̄ − μ_k) / (s_k² + σ̄²)
-        # log w_k + log N(x̄; μ_k, s_k² + σ̄²), dropping the common −D/2 log 2π
-        logits = self._log_w - 0.5 * (np.einsum("bkd,bkd->bk", diff, z) + np.log(v).sum(axis=1))
+            return sigma_bar * (x - self._mu[0]) / (self._var[0] + sigma_bar * sigma_bar)
+        z, logits = self._logits(x, sigma_bar)
         logits -= logits.max(axis=1, keepdims=True)
         r = np.exp(logits)
         r /= r.sum(axis=1, keepdims=True)
@@ -230,13 +233,17 @@ class GaussianMixture:
         """log p_σ̄(x̄) = log Σ_k w_k N(x̄; μ_k, diag(s_k² + σ̄²)), shape = batch shape."""
         sb = _scalar(sigma_bar, "sigma_bar")
         x, batch = self._flat(x_bar, "x_bar")
-        v = self._var + sb * sb
-        diff = x[:, None, :] - self._mu
-        logits = self._log_w - 0.5 * (
-            np.einsum("bkd,bkd->bk", diff, diff / v) + np.log(2 * math.pi * v).sum(axis=1)
-        )
+        logits = self._logits(x, sb)[1] - 0.5 * self._dim * math.log(2 * math.pi)
         m = logits.max(axis=1, keepdims=True)
         return (m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))).reshape(batch)
+
+    def component(self, x_bar: np.ndarray, sigma_bar: float = 0.0) -> np.ndarray:
+        """argmax_k of the responsibility w_k N(x̄; μ_k, s_k² + σ̄²): the component x̄ belongs to
+        (integer array of the batch shape). Two samplers "flip" a point when they send it to
+        different components."""
+        sb = _scalar(sigma_bar, "sigma_bar")
+        x, batch = self._flat(x_bar, "x_bar")
+        return np.argmax(self._logits(x, sb)[1], axis=1).reshape(batch)
 
     # -- data and reference trajectories ------------------------------------------------
     def sample(self, n: int, seed=0) -> np.ndarray:

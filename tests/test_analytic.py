@@ -360,3 +360,14 @@ def test_bad_shapes_and_sigma_bar_raise():
         f(np.zeros((3, 4, 4)), np.array([1.0, 2.0]))
     with pytest.raises(ValueError, match="variance"):
         GaussianMixture.gaussian(np.zeros(3), np.ones(2))
+
+
+def test_component_is_the_component_a_point_was_drawn_near():
+    data = GaussianMixture([[-6.0, 0.0], [6.0, 0.0], [0.0, 6.0]], [0.1, 0.2, 0.3], [1, 2, 3])
+    rng = np.random.default_rng(0)
+    k = rng.integers(0, 3, 50)
+    x = data.means[k] + 0.2 * rng.standard_normal((50, 2))
+    np.testing.assert_array_equal(data.component(x), k)
+    # at a high noise level the heaviest component wins at the origin; the result has the batch shape
+    assert data.component(np.zeros((2, 3, 2)), sigma_bar=100.0).shape == (2, 3)
+    assert np.all(data.component(np.zeros((4, 2)), sigma_bar=100.0) == 2)

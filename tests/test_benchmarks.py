@@ -381,8 +381,19 @@ def test_lowstep_compute_reports_the_peers_on_their_chosen_laws(monkeypatch):
     monkeypatch.setattr(lowstep, "TUNING_BATCH", 8)
     monkeypatch.setattr(lowstep, "NFES", (5, 10))
     monkeypatch.setattr(lowstep, "LATENT_STEPS", (4, 6))
-    data = lowstep.compute(quick=True, progress=False)
+    monkeypatch.setattr(lowstep, "BATCH", 64)
+    monkeypatch.setattr(lowstep, "SEEDS", (0, 1))
+    data = lowstep.compute(quick=True, progress=False, with_digits=False)
     text = lowstep.render(data)
+    # the robustness table: every (schedule, NFE), all points of both seeds, wins only for ours
+    assert set(data.robust) == {("linear", 5), ("linear", 10)}
+    for cell in data.robust.values():
+        assert all(c["points"] == 2 * 64 and 0 <= c["other"] <= c["points"] for c in cell.values())
+        assert all(0 <= c["won"] <= c["cases"] == 2 for c in cell.values())
+    seed0 = data.robust[("linear", 5)]["recommended"]
+    rms = data.errors[("linear", "tiny")]
+    assert (rms["recommended"][5] <= min(rms["diffusers-DPM++2M"][5], rms["diffusers-UniPC"][5])) <= seed0["won"]
+    assert "### Robustness over x_T seeds 0, 1" in text
     assert "### The peers on their own best grid laws" in text and "Stretch: recommended ≤" in text
     rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| linear | diffusers-")]
     assert [r[1].strip() for r in rows] == list(lowstep.PEERS)
@@ -394,3 +405,16 @@ def test_lowstep_compute_reports_the_peers_on_their_chosen_laws(monkeypatch):
         assert data.errors[("linear", "tiny")][lowstep.best_key(p)][5] == pytest.approx(
             lowstep.peer_error(lowstep.Case(GaussianMixture.random((2,), 2, seed=31), DiscreteVP.linear(), 64),
                                p, 5, g.law), rel=1e-12)
+
+
+def test_lowstep_robustness_counts_wins_medians_and_other_components():
+    from benchmarks import lowstep
+
+    def case(ours, dpm, unipc, other):
+        pts = {"recommended": ours, "dpl-ob (trailing)": ours * 3, "diffusers-DPM++2M": dpm, "diffusers-UniPC": unipc}
+        return {m: {5: (np.full(4, v), np.arange(4) < other)} for m, v in pts.items()}
+
+    sweeps = {("sl", "a", 0): case(0.1, 0.3, 0.2, 1), ("sl", "a", 1): case(0.3, 0.3, 0.2, 2)}
+    r = lowstep.robustness(sweeps, (5,))[("sl", 5)]
+    assert r["recommended"] == {"won": 1, "cases": 2, "other": 3, "median": pytest.approx(0.2), "points": 8}
+    assert r["dpl-ob (trailing)"]["won"] == 0 and r["diffusers-UniPC"]["median"] == pytest.approx(0.2)
