@@ -53,6 +53,12 @@ FLOW_OPTIONS_UNSUPPORTED = (
 )
 
 
+#: diffusers' `timestep_spacing` values (DDIM, PNDM, Euler, DPM-Solver, UniPC configs)
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+#: σ-grid options of DPM-Solver/UniPC/DEIS configs other than use_karras_sigmas
+VP_SIGMA_OPTIONS_UNSUPPORTED = ("use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas")
+
+
 def is_flow_config(config: Mapping[str, Any]) -> bool:
     """True for a rectified-flow scheduler config (FlowMatchEulerDiscreteScheduler and kin)."""
     name = str(config.get("_class_name", "") or "")
@@ -143,10 +149,18 @@ def solver_options(config: Mapping[str, Any]) -> dict[str, Any]:
     if is_flow_config(config):
         return {"prediction": "velocity"}
     spacing = config.get("timestep_spacing", "leading") or "leading"
-    if spacing not in DiscreteVP.spacings:
+    if spacing not in TIMESTEP_SPACINGS:
         raise ValueError(
-            f"timestep_spacing={spacing!r} in the scheduler config is not supported; choose one of {list(DiscreteVP.spacings)}"
+            f"timestep_spacing={spacing!r} in the scheduler config is not supported; choose one of {list(TIMESTEP_SPACINGS)}"
         )
+    if config.get("use_karras_sigmas"):
+        spacing = "karras"  # DiscreteVP's "karras" grid is diffusers' use_karras_sigmas timesteps
+    for option in VP_SIGMA_OPTIONS_UNSUPPORTED:
+        if config.get(option):
+            raise ValueError(
+                f"{option}=True in the scheduler config lays out a grid belm does not reproduce; "
+                "use use_karras_sigmas or timestep_spacing ('leading', 'trailing', 'linspace')"
+            )
     end = "t_min" if config.get("set_alpha_to_one", True) is False else "clean"
     return {"spacing": spacing, "end": end}
 

@@ -462,7 +462,8 @@ class _VPFamily(_SchedulerCore):
     _timestep_dtype = torch.int64
     _config_keys_read = (
         "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "set_alpha_to_one",
-        "steps_offset", "prediction_type", "timestep_spacing", "rescale_betas_zero_snr",
+        "steps_offset", "prediction_type", "timestep_spacing", "rescale_betas_zero_snr", "use_karras_sigmas",
+        "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas",
     )
 
     @register_to_config
@@ -478,6 +479,10 @@ class _VPFamily(_SchedulerCore):
         prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon",
         timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading",
         rescale_betas_zero_snr: bool = False,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        use_lu_lambdas: bool = False,
         method: SchedulerMethod = "o-belm",
         gamma: float = 1.0,
     ):
@@ -651,7 +656,9 @@ class BELMScheduler(_Sampling, _VPFamily):
         num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
         rescale_betas_zero_snr: the training schedule ᾱ_t (`backends.config.schedule_from_config`).
         set_alpha_to_one: the last step ends at ᾱ = 1 (True) or at ᾱ_0 (False).
-        steps_offset, timestep_spacing: the grid layout ("leading", "trailing", "linspace").
+        steps_offset, timestep_spacing: the grid layout ("leading", "trailing", "linspace");
+            use_karras_sigmas=True gives diffusers' Karras timesteps instead (the other σ-grid
+            options, use_exponential_sigmas / use_beta_sigmas / use_lu_lambdas, are refused).
         prediction_type: what the model predicts ("epsilon", "v_prediction", "sample").
         method: "o-belm" (default; eq. 18, second order), "bdia" (with `gamma`) or "ddim".
         gamma: BDIA's γ (docs/math.md §6); ignored by the other methods.

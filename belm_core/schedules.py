@@ -30,8 +30,9 @@ __all__ = [
     "FlowMatch",
 ]
 
-#: grid layouts: "leading", "trailing", "linspace" as in diffusers' DDIMScheduler (discrete
-#: schedules); "linspace" (uniform t), "logsnr" and "karras" for continuous ones
+#: grid layouts: "leading", "trailing", "linspace" as in diffusers' DDIMScheduler and
+#: "karras" (diffusers' use_karras_sigmas) / "logsnr" (uniform log σ̄) rounded to training
+#: timesteps (discrete schedules); "linspace" (uniform t), "logsnr" and "karras" for continuous ones
 Spacing = Literal["leading", "trailing", "linspace", "logsnr", "karras"]
 
 #: what the model function returns, which fixes the coordinates the recurrence runs in
@@ -161,10 +162,15 @@ class DiscreteVP(NoiseSchedule):
 
     `steps_offset` is the diffusers scheduler option of the same name (added to the
     "leading" grid; Stable Diffusion uses 1).
+
+    Spacings: "linspace", "leading", "trailing" (diffusers' `timestep_spacing`), "karras"
+    (Karras' ρ = 7 law in σ̄ from σ̄(T − 1) to σ̄(0): diffusers' `use_karras_sigmas`
+    timesteps) and "logsnr" (uniform in log σ̄, i.e. in log-SNR), both rounded to training
+    timesteps; a step count whose rounded grid repeats a timestep is refused.
     """
 
     discrete = True
-    spacings = ("leading", "trailing", "linspace")
+    spacings = ("leading", "trailing", "linspace", "karras", "logsnr")
     default_spacing = "linspace"
 
     def __init__(self, alphas_cumprod, *, steps_offset: int = 0):
@@ -261,10 +267,16 @@ class DiscreteVP(NoiseSchedule):
         elif spacing == "leading":
             t = (np.arange(0, steps) * (T // steps)).round()[::-1] + self.steps_offset
 
-        else:  # trailing: T − 1, T − 1 − T/N, … (diffusers' np.arange(T, 0, −T/N) yields N + 1
-            # points for 62 of the N ≤ 1000, ending at −1; we keep exactly N and agree elsewhere)
+        elif spacing == "trailing":  # T − 1, T − 1 − T/N, … (diffusers' np.arange(T, 0, −T/N) yields
+            # N + 1 points for 62 of the N ≤ 1000, ending at −1; we keep exactly N and agree elsewhere)
             delta = (T - T / steps) - T  # the increment np.arange uses, so round-half ties agree
             t = np.round(T + np.arange(steps) * delta) - 1
+        else:  # karras / logsnr: σ̄ from σ̄(T − 1) to σ̄(0), mapped to time by linear interpolation of
+            # log σ̄ between training timesteps and rounded (diffusers' use_karras_sigmas /
+            # use_exponential_sigmas grids, rounded to training timesteps)
+            sb = self.sigma_bar(np.arange(T))
+            target = sigma_bar_grid(float(sb[-1]), float(sb[0]), steps, spacing)
+            t = np.round(np.interp(np.log(target), np.log(sb), np.arange(T)))
         return t.astype(np.int64)
 
     def check_grid(self, t: np.ndarray, steps: int, spacing: str) -> None:
@@ -277,6 +289,13 @@ class DiscreteVP(NoiseSchedule):
                 f"steps={steps} with spacing='leading' and steps_offset={self.steps_offset} would start past the "
                 f"last training timestep {T - 1}; use steps ≤ {fit}, spacing='trailing' or 'linspace', "
                 "or steps_offset=0"
+            )
+        if spacing in ("karras", "logsnr") and np.any(np.diff(t) >= 0):
+            fit = max(n for n in range(1, T + 1) if n <= steps and np.all(np.diff(self._grid(n, spacing)) < 0))
+            raise ValueError(
+                f"steps={steps} with spacing={spacing!r} rounds two model times to the same training timestep "
+                f"(σ̄ changes faster than its training timesteps resolve there); use steps ≤ {fit} with this spacing, "
+                "or 'trailing'/'linspace'"
             )
         super().check_grid(t, steps, spacing)
 

@@ -318,8 +318,8 @@ def test_edit_takes_its_prompts_as_arguments(pipes, image_files):
 
 
 def test_unavailable_spacing_is_the_schedules_message(pipes, image_files):
-    with pytest.raises(ValueError, match="spacing='karras' is not available for DiscreteVP"):
-        apps.reconstruct(pipes["ddpm"], load_image(image_files["a"], 16), steps=2, spacing="karras")
+    with pytest.raises(ValueError, match="spacing='beta' is not available for DiscreteVP"):
+        apps.reconstruct(pipes["ddpm"], load_image(image_files["a"], 16), steps=2, spacing="beta")
 
 
 def test_images_outside_minus_one_one_are_refused(pipes, image_files):

@@ -112,9 +112,9 @@ def test_image_folder_is_reported_as_a_folder(capsys, never_load, model_dirs, tm
 
 def test_unavailable_spacing_gets_the_schedules_message(capsys, model_dirs, image_files, tmp_path):
     code, _, err = run_cli(capsys, *reconstruct_args(model_dirs["ddpm"], image_files["a"], tmp_path / "o",
-                                                     "--spacing", "karras"))
+                                                     "--spacing", "beta"))
     assert code == 2
-    assert "spacing='karras' is not available for DiscreteVP" in err and "'trailing'" in err
+    assert "spacing='beta' is not available for DiscreteVP" in err and "'trailing'" in err
     assert list(tmp_path.iterdir()) == []
 
 

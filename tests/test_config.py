@@ -25,6 +25,7 @@ def test_zero_snr_schedule_matches_diffusers_but_the_last_alpha_bar():
     ({}, "leading", "clean"),
     ({"timestep_spacing": "trailing", "set_alpha_to_one": False}, "trailing", "t_min"),
     ({"timestep_spacing": "linspace", "set_alpha_to_one": True}, "linspace", "clean"),
+    ({"timestep_spacing": "linspace", "use_karras_sigmas": True}, "karras", "clean"),
 ])
 def test_solver_options_read_spacing_and_end(config, spacing, end):
     assert solver_options(config) == {"spacing": spacing, "end": end}
@@ -32,7 +33,10 @@ def test_solver_options_read_spacing_and_end(config, spacing, end):
 
 def test_bad_config_values_are_named():
     with pytest.raises(ValueError, match="timestep_spacing='karras'"):
-        solver_options({"timestep_spacing": "karras"})
+        solver_options({"timestep_spacing": "karras"})  # not a diffusers timestep_spacing
+    for option in ("use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas"):
+        with pytest.raises(ValueError, match=f"{option}=True"):
+            solver_options({"timestep_spacing": "linspace", option: True})
     with pytest.raises(ValueError, match="prediction_type='flow'"):
         prediction_type({"prediction_type": "flow"})
     assert prediction_type({}) == "epsilon"
@@ -68,3 +72,16 @@ def test_flow_configs_give_flowmatch_with_diffusers_grids():
     np.testing.assert_array_equal(fsched.timesteps(sigmas=sigmas, mu=mu), flux.timesteps.double().numpy())
     with pytest.raises(ValueError, match="use_karras_sigmas"):
         schedule_from_config({**dict(sd3.config), "use_karras_sigmas": True})
+
+
+def test_a_karras_config_gives_diffusers_karras_timesteps():
+    diffusers = pytest.importorskip("diffusers")
+    from backends.schedulers import BELMScheduler
+
+    ref = diffusers.DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                                use_karras_sigmas=True)
+    ours = BELMScheduler.from_config(ref.config)
+    for n in (8, 20):
+        ref.set_timesteps(n)
+        ours.set_timesteps(n)
+        np.testing.assert_array_equal(ours.timesteps.numpy(), ref.timesteps.numpy())

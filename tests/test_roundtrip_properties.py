@@ -55,6 +55,8 @@ def test_exact_methods_round_trip_to_rounding(schedule, steps, method, shape, ba
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AmplificationWarning)
         steps = max(steps, 3) if method == "belm3" else steps  # a 3-step latent needs N ≥ 3
+        while sched.discrete and np.any(np.diff(sched._grid(steps, spacing)) >= 0):
+            steps -= 1  # karras/logsnr grids repeat a training timestep beyond some N (refused)
         solver = Solver(sched, steps=steps, method=method, spacing=spacing)
         mixture = held_out_mixture(shape[1:], seed=seed % 50)
         eps = AnalyticEps(mixture, sched)

@@ -66,6 +66,10 @@ def test_t_from_sigma_bar_inverts_sigma_bar(schedule, u):
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: repr(s))
 def test_grid_ends_at_clean_state_with_positive_steps(schedule):
     for spacing in schedule.spacings:
+        if schedule.discrete and spacing in ("karras", "logsnr") and np.any(np.diff(schedule._grid(12, spacing)) >= 0):
+            with pytest.raises(ValueError, match="same training timestep"):  # cosine: crowded at t = T − 1
+                Solver(schedule, steps=12, method="ddim", spacing=spacing)
+            continue
         g = Solver(schedule, steps=12, method="ddim", spacing=spacing).grid
         assert g.N == 12 and g.alpha[0] == 1.0 and g.sigma_bar[0] == 0.0
         assert np.all(g.h[1:] > 0)
@@ -108,8 +112,8 @@ def test_bad_timesteps(timesteps, match):
 
 def test_bad_spacing_and_steps():
     s = DiscreteVP.scaled_linear()
-    with pytest.raises(ValueError, match="spacing='karras'.*linspace"):
-        s.timesteps(10, "karras")
+    with pytest.raises(ValueError, match="spacing='beta'.*linspace"):
+        s.timesteps(10, "beta")
     with pytest.raises(ValueError, match="steps=0"):
         s.timesteps(0)
     with pytest.raises(ValueError, match="exceeds"):
@@ -118,3 +122,38 @@ def test_bad_spacing_and_steps():
         DiscreteVP([0.9, 0.5, 0.0])
     with pytest.raises(ValueError, match="beta_0"):
         LinearVP(beta_0=5, beta_1=1)
+
+
+@pytest.mark.parametrize("kind", ["scaled_linear", "linear"])
+@pytest.mark.parametrize("steps", [5, 10, 20, 25])
+def test_karras_grid_is_diffusers_use_karras_sigmas(kind, steps):
+    diffusers = pytest.importorskip("diffusers")
+    sch = getattr(DiscreteVP, kind)()
+    betas = 1.0 - sch.alphas_cumprod / np.concatenate([[1.0], sch.alphas_cumprod[:-1]])
+    ref = diffusers.DPMSolverMultistepScheduler(trained_betas=betas.tolist(), use_karras_sigmas=True)
+    ref.set_timesteps(steps)
+    np.testing.assert_array_equal(sch.timesteps(steps, "karras"), ref.timesteps.numpy())
+
+
+@pytest.mark.parametrize("steps", [3, 8, 20])
+def test_logsnr_grid_is_uniform_in_log_sigma_bar_up_to_rounding(steps):
+    sch = DiscreteVP.linear()
+    t = sch.timesteps(steps, "logsnr")
+    assert t[0] == 999 and t[-1] == 0 and np.all(np.diff(t) < 0)
+    target = np.linspace(np.log(sch.sigma_bar(999)), np.log(sch.sigma_bar(0)), steps)
+    # rounding t moves log σ̄ by at most half a training step's log-σ̄ increment
+    slope = np.abs(np.gradient(np.log(sch.sigma_bar(np.arange(1000)))))
+    assert np.all(np.abs(np.log(sch.sigma_bar(t)) - target) <= 0.5 * slope[t] + 1e-12)
+
+
+def test_crowded_karras_grid_is_refused_with_the_largest_usable_steps():
+    sch = DiscreteVP.scaled_linear()
+    with pytest.raises(ValueError, match=r"steps=60 with spacing='karras'.*steps ≤ 44"):
+        Solver(sch, steps=60, method="o-belm", spacing="karras")
+    solver = Solver(sch, steps=44, method="dpl-ob-shift", spacing="karras")
+    from helpers import AnalyticEps, held_out_mixture
+
+    data = held_out_mixture((3,), seed=4)
+    eps = AnalyticEps(data, sch)
+    x0 = data.sample(4, seed=0)
+    assert np.mean((solver.sample(eps, solver.invert(eps, x0)) - x0) ** 2) < 1e-20
