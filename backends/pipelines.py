@@ -49,7 +49,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from belm_core import DiscreteVP, Method, Solver, recommended
+from belm_core import DiscreteVP, FlowMatch, Method, Solver, recommended
 
 from .config import prediction_type as config_prediction_type
 from .config import schedule_from_config, solver_options
@@ -227,15 +227,15 @@ class PipelineAdapter:
         prediction="velocity")`, the grid the pipeline's own call sets; `size` (H, W) pixels
         (default the native resolution) matters for Flux (mu) and dynamically shifted SD3.
 
-        method=None is the default choice: with `from_noise=True` on a `DiscreteVP` schedule,
-        `belm_core.recommended(schedule, steps)` (the exact sampler most accurate at low step
-        counts in benchmarks/RESULTS.md; its spacing unless `spacing` is given); otherwise
+        method=None is the default choice: with `from_noise=True` on a `DiscreteVP` or `FlowMatch`
+        schedule, `belm_core.recommended(schedule, steps)` (the exact sampler most accurate at low
+        step counts in benchmarks/RESULTS.md; its spacing unless `spacing` is given); otherwise
         O-BELM, whose inverted latents match what `BELMScheduler.from_config(cfg)` samples.
         """
         options = solver_options(self.scheduler_config)
         if method is None:
             method = "o-belm"
-            if from_noise and isinstance(self.schedule, DiscreteVP):
+            if from_noise and isinstance(self.schedule, (DiscreteVP, FlowMatch)):
                 options.update(recommended(self.schedule, steps))
                 method = options.pop("method")
         if self.is_flow:

@@ -38,8 +38,10 @@ class SamplingOptions:
         method: a registered method name ("o-belm", "dpl-ob-shift", "dpl-ob", "bdia", "edict", "ddim", "belm3") or a
             `Method`; None (default) is the application's choice: `belm_core.recommended` (dpl-ob-shift,
             trailing grid, predictor–corrector start) when sampling from noise on a DDPM/SD-type
-            schedule, O-BELM on the pipeline's own grid otherwise (inversion, reconstruction,
-            editing, interpolation, flow models): see `backends.pipelines.PipelineAdapter.solver`.
+            schedule, O-BELM with the predictor–corrector start on the pipeline's own grid when
+            sampling from noise with a flow model (SD3, Flux), plain O-BELM on the pipeline's
+            own grid otherwise (inversion, reconstruction, editing, interpolation): see
+            `backends.pipelines.PipelineAdapter.solver`.
         spacing: timestep layout; one of the model schedule's `spacings` (None: its default).
         progress: show progress bars (on stderr).
     """

@@ -14,9 +14,19 @@ mixtures × 3 schedules × NFE 5/10/20, 256 points, three x_T seeds) and lowered
 network's Fréchet distance at NFE 5/10; no per-N tuning of the grid, p rule or start-up
 paid off.
 
+For rectified flows (`FlowMatch`: SD3, Flux), at every N ≥ 2: O-BELM in the flow's own
+coordinates (x, σ) with the predictor–corrector start-up, which on a flow is the trapezoid
+rule in τ′ = α/σ on x̂0 = x − σ v (docs/math.md §14); the grid is the schedule's own
+(diffusers' `set_timesteps`: its shift, or `timesteps=FlowMatch.timesteps(N, mu=…)` for
+dynamic shifting), so no spacing is returned. N model calls. Evidence:
+benchmarks/flow.py (RESULTS.md §7, "Recommended for flows"): against plain O-BELM it
+halves the digits flow network's Fréchet distance excess at NFE 5 and wins more mixture
+cells than O-BELM, dpl-ob and their DDIM-start variants; FireFlow stays ahead on
+analytic mixtures at NFE ≤ 10 (it is not exact).
+
 N = 1 has no exact sampler (a 2-state latent needs two steps) and raises ValueError.
-Other schedules (continuous VP, VE/EDM, flow) have no benchmarked recommendation yet
-and raise ValueError.
+Other schedules (continuous VP, VE/EDM) have no benchmarked recommendation yet and raise
+ValueError.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from .checks import is_index
-from .schedules import DiscreteVP, NoiseSchedule
+from .schedules import DiscreteVP, FlowMatch, NoiseSchedule
 
 __all__ = ["recommended"]
 
@@ -33,15 +43,19 @@ def recommended(schedule: NoiseSchedule, steps: int) -> dict[str, Any]:
     """Keyword arguments for `Solver(schedule, steps=steps, **kwargs)`: method, spacing, startup."""
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule must be a belm_core NoiseSchedule, got {type(schedule).__name__}")
-    if not isinstance(schedule, DiscreteVP):
+    if not isinstance(schedule, (DiscreteVP, FlowMatch)):
         raise ValueError(
             f"recommended() has no benchmarked recommendation for {type(schedule).__name__} schedules yet "
-            "(only DiscreteVP: linear, scaled_linear, cosine); choose method= and spacing= yourself, e.g. 'o-belm'"
+            "(only DiscreteVP: linear, scaled_linear, cosine; and FlowMatch); choose method= and spacing= "
+            "yourself, e.g. 'o-belm'"
         )
     T = int(schedule.num_train_timesteps)
     if not is_index(steps) or not 2 <= steps <= T:
+        grid = "'trailing'" if isinstance(schedule, DiscreteVP) else "flow"
         raise ValueError(
             f"steps={steps!r} must be an integer in [2, {T}]: an exact 2-step sampler needs at least 2 steps "
-            f"(its latent holds 2 states), and the 'trailing' grid at most T = {T}"
+            f"(its latent holds 2 states), and the {grid} grid at most T = {T}"
         )
+    if isinstance(schedule, FlowMatch):
+        return {"method": "o-belm", "startup": "pc"}
     return {"method": "dpl-ob-shift", "spacing": "trailing", "startup": "pc"}

@@ -103,7 +103,7 @@ class Solver:
 
         startup: first step of sampling from a lone x_T: "ddim" (the paper's, default) or
             "pc" (predictor–corrector, `belm_core.methods.pc_start`; linear multistep
-            methods with k ≥ 2). Same model calls either way; inversion and sampling from
+            methods with k ≥ 2; ε-prediction and flows' velocity alike). Same model calls either way; inversion and sampling from
             a Latent never use it, so it changes neither exactness nor the Latent.
 
     Flow grids with diffusers' options: `Solver(FlowMatch(shift=3.0), steps=28)`, or
@@ -164,11 +164,6 @@ class Solver:
             raise ValueError(
                 f"startup='pc' needs a linear multistep method with k ≥ 2 (e.g. 'dpl-ob', 'o-belm'); "
                 f"{self.method.signature()} has its own start"
-            )
-        if startup == "pc" and self.grid.prediction != "epsilon":
-            raise ValueError(
-                f"startup='pc' is the trapezoid rule on the data prediction in bar coordinates (ε-prediction); "
-                f"this solver runs prediction={self.grid.prediction!r}: use startup='ddim'"
             )
         self.startup: Startup = startup
         self.state_dtype = arrays.resolve_dtype(state_dtype)

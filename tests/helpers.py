@@ -45,3 +45,14 @@ def mse(a, b) -> float:
 
 
 __all__ = ["AnalyticEps", "held_out_mixture", "irregular_timesteps", "mse", "empirical_order", "rows_of"]
+
+
+class Count:
+    """A model function wrapper that counts its calls (`n`)."""
+
+    def __init__(self, f):
+        self.f, self.n = f, 0
+
+    def __call__(self, x, t):
+        self.n += 1
+        return self.f(x, t)

@@ -1,7 +1,9 @@
 """The applications' default method (SamplingOptions.method=None): the recommended exact low-step
-sampler when sampling from noise on a DDPM/SD-type schedule, O-BELM on the pipeline's grid otherwise."""
+sampler when sampling from noise on a DDPM/SD-type schedule or a flow, O-BELM on the pipeline's grid otherwise."""
 
 import json
+
+import numpy as np
 
 import pytest
 import torch
@@ -42,9 +44,14 @@ def test_sample_app_uses_the_recommended_solver(tiny, monkeypatch):
     assert latent.method == "o-belm"  # inversion keeps O-BELM (the drop-in scheduler's default)
 
 
-def test_flow_models_keep_obelm(tiny_flow):
+def test_flow_models_sample_with_the_flow_recommendation(tiny_flow):
     pipe = adapt(tiny_flow)
-    assert pipe.solver(6, None, from_noise=True).method.signature() == "o-belm"
+    solver = pipe.solver(6, None, from_noise=True)
+    assert recommended(pipe.schedule, 6) == {"method": "o-belm", "startup": "pc"}
+    assert solver.method.signature() == "o-belm" and solver.startup == "pc"
+    np.testing.assert_array_equal(solver.timesteps, pipe.flow_timesteps(6))  # the pipeline's own grid
+    # inversion keeps the DDIM start (which it never uses anyway) and O-BELM
+    assert pipe.solver(6, None).startup == "ddim"
 
 
 @pytest.fixture(scope="module")

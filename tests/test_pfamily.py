@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from belm_core import EDICT, OBELM, VE, DiscreteVP, LinearVP, PFamily, Solver, get_method, make_grid, recommended
 from belm_core.methods.pfamily import P_RULES
-from helpers import AnalyticEps, empirical_order, held_out_mixture
+from helpers import AnalyticEps, Count, empirical_order, held_out_mixture
 
 DISCRETE = {"scaled_linear": DiscreteVP.scaled_linear(), "linear": DiscreteVP.linear(), "cosine": DiscreteVP.cosine()}
 
@@ -32,15 +32,6 @@ class GivenP(PFamily):
         p = np.full(grid.N + 1, np.nan)
         p[1:-1] = self._p(grid.N - 1)
         return p
-
-
-class Count:
-    def __init__(self, f):
-        self.f, self.n = f, 0
-
-    def __call__(self, x, t):
-        self.n += 1
-        return self.f(x, t)
 
 
 def random_grid(seed: int, N: int):
@@ -285,10 +276,3 @@ def test_recommended_refuses_what_it_has_no_answer_for():
         recommended(LinearVP(), 10)
     with pytest.raises(TypeError, match="schedule"):
         recommended("sd", 10)
-
-
-def test_pc_start_is_refused_on_velocity_grids():
-    from belm_core import FlowMatch, Solver
-
-    with pytest.raises(ValueError, match="startup='pc'"):
-        Solver(FlowMatch(shift=3.0), steps=8, method="o-belm", startup="pc")

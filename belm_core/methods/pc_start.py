@@ -14,6 +14,11 @@ the next step, so the start-up costs the same two model calls as the DDIM start 
 N-step sampler still makes N calls. Only sampling from a lone x_N uses it: inversion and
 sampling from a Latent run the method's own rows, so exact inversion is untouched and
 the Latent does not depend on the start-up.
+
+The code runs in the grid's coordinates (y = x/s, τ; docs/math.md §11), where the data
+prediction is x̂0 = y − τ f in every system: bar coordinates (s = α, τ = σ̄, f = ε) give
+the formulas above, a flow's (s = 1, τ = σ, f = v) the same step with x̂0 = x − σ v and
+r = σ_{N−1}/σ_N, regular at σ_N = 1 (docs/math.md §14).
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ def pc_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate) -> Carry:
     if len(carry.xs) != 1 or N < 2:
         raise ValueError(f"the predictor–corrector start needs a lone state at grid index ≥ 2, got index {N}")
     x = carry.xs[0]
-    a_N, a_M = float(g.alpha[N]), float(g.alpha[N - 1])
-    sb_N, sb_M = float(g.sigma_bar[N]), float(g.sigma_bar[N - 1])
+    a_N, a_M = float(g.scale[N]), float(g.scale[N - 1])
+    sb_N, sb_M = float(g.tau[N]), float(g.tau[N - 1])
     eps_N = evaluate.own(evaluate(x, N))
     # DDIM predictor in x-space: x̃ = α_{N−1}(x_N/α_N − h_N ε_N)
     x_pred = recurrence.linear_combination([a_M / a_N, -a_M * (sb_N - sb_M)], [x, eps_N])

@@ -39,6 +39,12 @@ max((h_i/h_{i+1})², σ̄_{i−1}/σ̄_{i+1}) equals O-BELM's on every spacing g
 parasitic product Π p_i grows like (4·σ̄_{i−1}/σ̄_{i+1})^{N/2} on alternating steps, so
 it is not used.
 
+On a flow's velocity grid (y = x, τ = σ, f = v; docs/math.md §11, §14) the rows are the same
+relations written in (x, σ): p is the x_{i+1} weight in the grid's y = x/s, O-BELM's p uses
+h in σ, BDIA's is s_{i+1}/s_{i−1} = 1, and DPL's is ν_{i−1}/ν_{i+1} with ν = σ/s (σ̄ in
+bar coordinates, σ on a flow), the same x-space relation as in bar coordinates. The
+evaluation shift is ε-prediction only.
+
 Or `phi=`: the member also exact on x̄ = φ(σ̄) (`belm_core.derivation.shapes`):
 
     p_i = R_φ(σ̄_{i−1}, σ̄_i) / R_φ(σ̄_{i+1}, σ̄_i),   R_φ(a, b) = φ(a) − φ(b) − (a − b) φ′(b);
@@ -123,13 +129,14 @@ class PFamily(LinearMultistep):
         i = np.arange(1, N)
         sb, h = grid.sigma_bar, grid.h
         obelm = (h[i] / h[i + 1]) ** 2
-        dpl = sb[i - 1] / sb[i + 1]
+        nu = _noise_per_scale(grid)
+        dpl = nu[i - 1] / nu[i + 1]
         if self.shape is not None:
             p[i] = self.shape.evaluate(sb[i - 1], sb[i], sb[i + 1])
         elif self.rule == "o-belm":
             p[i] = obelm
         elif self.rule == "bdia":
-            p[i] = grid.alpha[i + 1] / grid.alpha[i - 1]
+            p[i] = grid.scale[i + 1] / grid.scale[i - 1]
         else:
             p[i] = dpl if self.rule == "dpl" else np.where(sb[i] <= self.s, obelm, dpl)
             p[1] = obelm[0]  # σ̄_0 = 0 would make DPL's p_1 = 0: no inverse
@@ -147,7 +154,8 @@ class PFamily(LinearMultistep):
         q = np.full_like(p, np.nan)
         i = np.arange(1, grid.N)
         with np.errstate(divide="ignore"):
-            q[i] = p[i] * grid.sigma_bar[i + 1] / grid.sigma_bar[i - 1]
+            nu = _noise_per_scale(grid)
+            q[i] = p[i] * nu[i + 1] / nu[i - 1]
         return q
 
     def bar_table(self, grid: Grid):
@@ -167,3 +175,13 @@ class PFamily(LinearMultistep):
     def stability(self):
         # equal steps far from the clean end: p → 1, ρ(ζ) = (ζ − 1)(ζ + 1), the leapfrog's roots
         return Stability(sampling=True, inverse=True, roots=np.array([1.0, -1.0]))
+
+
+def _noise_per_scale(grid: Grid) -> np.ndarray:
+    """ν_i = σ_i/s_i: σ̄_i in bar coordinates (ε-prediction), σ_i on a flow's (x, σ) coordinates.
+
+    The data-prediction coordinates y′ = x/σ, τ′ = α/σ relate to the grid's y = x/s by
+    y′ = y/ν, so the x_{i+1} weight p in y is the weight p ν_{i−1}/ν_{i+1} in y′: DPL
+    (weight 1 in y′) is p_i = ν_{i−1}/ν_{i+1}, and the stiff ratio is q_i = p_i ν_{i+1}/ν_{i−1}.
+    """
+    return grid.sigma_bar if grid.prediction == "epsilon" else grid.sigma / grid.scale
