@@ -103,8 +103,9 @@ class Solver:
 
         startup: first step of sampling from a lone x_T: "ddim" (the paper's, default) or
             "pc" (predictor–corrector, `belm_core.methods.pc_start`; linear multistep
-            methods with k ≥ 2; ε-prediction and flows' velocity alike). Same model calls either way; inversion and sampling from
-            a Latent never use it, so it changes neither exactness nor the Latent.
+            methods with k ≥ 2; ε-prediction and flows' velocity alike). Same model calls
+            either way; inversion and sampling from a Latent never use it, so it changes
+            neither exactness nor the Latent.
 
     Flow grids with diffusers' options: `Solver(FlowMatch(shift=3.0), steps=28)`, or
     `Solver(schedule, timesteps=schedule.timesteps(28, mu=..., sigmas=...))`.

@@ -44,9 +44,6 @@ def mse(a, b) -> float:
     return float(np.mean((a - b) ** 2))
 
 
-__all__ = ["AnalyticEps", "held_out_mixture", "irregular_timesteps", "mse", "empirical_order", "rows_of"]
-
-
 class Count:
     """A model function wrapper that counts its calls (`n`)."""
 
@@ -56,3 +53,6 @@ class Count:
     def __call__(self, x, t):
         self.n += 1
         return self.f(x, t)
+
+
+__all__ = ["AnalyticEps", "Count", "held_out_mixture", "irregular_timesteps", "mse", "empirical_order", "rows_of"]

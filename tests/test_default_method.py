@@ -4,7 +4,6 @@ sampler when sampling from noise on a DDPM/SD-type schedule or a flow, O-BELM on
 import json
 
 import numpy as np
-
 import pytest
 import torch
 

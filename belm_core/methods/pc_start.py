@@ -36,18 +36,19 @@ def pc_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate) -> Carry:
     if len(carry.xs) != 1 or N < 2:
         raise ValueError(f"the predictor–corrector start needs a lone state at grid index ≥ 2, got index {N}")
     x = carry.xs[0]
-    a_N, a_M = float(g.scale[N]), float(g.scale[N - 1])
-    sb_N, sb_M = float(g.tau[N]), float(g.tau[N - 1])
+    # the grid's coordinates y = x/s, τ (s = α, τ = σ̄ for ε; s = 1, τ = σ for a flow's v)
+    s_N, s_M = float(g.scale[N]), float(g.scale[N - 1])
+    tau_N, tau_M = float(g.tau[N]), float(g.tau[N - 1])
     eps_N = evaluate.own(evaluate(x, N))
-    # DDIM predictor in x-space: x̃ = α_{N−1}(x_N/α_N − h_N ε_N)
-    x_pred = recurrence.linear_combination([a_M / a_N, -a_M * (sb_N - sb_M)], [x, eps_N])
+    # DDIM predictor in x-space: x̃ = s_{N−1}(x_N/s_N − h_N f_N)
+    x_pred = recurrence.linear_combination([s_M / s_N, -s_M * (tau_N - tau_M)], [x, eps_N])
     eps_pred = evaluate(x_pred, N - 1)
-    r = sb_M / sb_N
-    # x̄_{N−1} = r x̄_N + (1 − r)/2 · (x̄_N − σ̄_N ε_N + x̃̄ − σ̄_{N−1} ε̃)
-    x_bar = recurrence.linear_combination(
-        [(r + 0.5 * (1 - r)) / a_N, -0.5 * (1 - r) * sb_N, 0.5 * (1 - r) / a_M, -0.5 * (1 - r) * sb_M],
+    r = tau_M / tau_N
+    # y_{N−1} = r y_N + (1 − r)/2 · (y_N − τ_N f_N + ỹ − τ_{N−1} f̃)
+    y = recurrence.linear_combination(
+        [(r + 0.5 * (1 - r)) / s_N, -0.5 * (1 - r) * tau_N, 0.5 * (1 - r) / s_M, -0.5 * (1 - r) * tau_M],
         [x, eps_N, x_pred, eps_pred],
     )
-    # ε_eff = (x̄_{N−1} − x̂0~)/σ̄_{N−1},  x̂0~ = x̃/α_{N−1} − σ̄_{N−1} ε̃
-    eps_eff = recurrence.linear_combination([1.0 / sb_M, -1.0 / (a_M * sb_M), 1.0], [x_bar, x_pred, eps_pred])
-    return Carry(index=N - 1, xs=(a_M * x_bar, x), eps=(eps_eff, None))
+    # f_eff = (y_{N−1} − x̂0~)/τ_{N−1},  x̂0~ = x̃/s_{N−1} − τ_{N−1} f̃
+    eps_eff = recurrence.linear_combination([1.0 / tau_M, -1.0 / (s_M * tau_M), 1.0], [y, x_pred, eps_pred])
+    return Carry(index=N - 1, xs=(s_M * y, x), eps=(eps_eff, None))
