@@ -12,7 +12,8 @@ benchmarks/lowstep.py (RESULTS.md, "Low-step accuracy"): the shift raised the ce
 below the better of DPM-Solver++(2M) and UniPC from 64–69 to 79–84 of 99 (11 held-out
 mixtures × 3 schedules × NFE 5/10/20, 256 points, three x_T seeds) and lowered the digits
 network's Fréchet distance at NFE 5/10; no per-N tuning of the grid, p rule or start-up
-paid off.
+paid off (the look-ahead start, docs/math.md §13, wins mixtures at NFE 5–8 but loses on
+the digits network at NFE 4, 6 and 10, so the plain predictor–corrector start stays).
 
 For rectified flows (`FlowMatch`: SD3, Flux), at every N ≥ 2: O-BELM in the flow's own
 coordinates (x, σ) with the predictor–corrector start-up, which on a flow is the trapezoid

@@ -51,7 +51,7 @@ from .checks import is_bool, is_index, is_real
 from .grid import End, Grid, make_grid
 from .latent import Latent, LatentMetadataWarning, check_for as check_latent
 from .methods import Carry, LinearMultistep, Method, get_method
-from .methods.pc_start import pc_start
+from .methods.pc_start import lookahead_start, pc_start
 from .schedules import NoiseSchedule, Prediction, Spacing
 
 __all__ = [
@@ -59,9 +59,12 @@ __all__ = [
 ]
 
 EpsFn = Callable[[Any, Any], Any]
-#: how sampling from a lone x_N builds the first step: the paper's DDIM step ("ddim") or the
-#: predictor–corrector step of `belm_core.methods.pc_start` ("pc"); neither costs an extra call
-Startup = Literal["ddim", "pc"]
+#: how sampling from a lone x_N builds the first step: the paper's DDIM step ("ddim"), the
+#: predictor–corrector step of `belm_core.methods.pc_start` ("pc") or its variant whose
+#: corrector node is the level a shifted method's first row reads ("lookahead"); none costs
+#: an extra call
+Startup = Literal["ddim", "pc", "lookahead"]
+STARTUPS = {"ddim": None, "pc": pc_start, "lookahead": lookahead_start}
 Callback = Callable[[dict], None]
 
 #: keys of the dict a callback receives
@@ -105,7 +108,9 @@ class Solver:
             "pc" (predictor–corrector, `belm_core.methods.pc_start`; linear multistep
             methods with k ≥ 2; ε-prediction and flows' velocity alike). Same model calls
             either way; inversion and sampling from a Latent never use it, so it changes
-            neither exactness nor the Latent.
+            neither exactness nor the Latent. "lookahead": the "pc" step with its corrector
+            evaluated at the noise level the method's first row reads x̂0 (methods with an
+            evaluation shift, e.g. "dpl-ob-shift"; docs/math.md §13).
 
     Flow grids with diffusers' options: `Solver(FlowMatch(shift=3.0), steps=28)`, or
     `Solver(schedule, timesteps=schedule.timesteps(28, mu=..., sigmas=...))`.
@@ -159,11 +164,11 @@ class Solver:
                 f"method {self.method.signature()} is not zero-stable when sampling (roots of ρ for equal steps: "
                 f"{np.round(stability.roots, 4).tolist()}); pass allow_unstable=True to run it anyway"
             )
-        if startup not in ("ddim", "pc"):
-            raise ValueError(f"startup={startup!r} must be 'ddim' or 'pc'")
-        if startup == "pc" and not (isinstance(self.method, LinearMultistep) and self.method.k >= 2):
+        if not isinstance(startup, str) or startup not in STARTUPS:
+            raise ValueError(f"startup={startup!r} must be one of {sorted(STARTUPS)}")
+        if startup != "ddim" and not (isinstance(self.method, LinearMultistep) and self.method.k >= 2):
             raise ValueError(
-                f"startup='pc' needs a linear multistep method with k ≥ 2 (e.g. 'dpl-ob', 'o-belm'); "
+                f"startup={startup!r} needs a linear multistep method with k ≥ 2 (e.g. 'dpl-ob', 'o-belm'); "
                 f"{self.method.signature()} has its own start"
             )
         self.startup: Startup = startup
@@ -178,6 +183,12 @@ class Solver:
         self.check_finite = bool(check_finite)
         self.amplification_tol = float(amplification_tol)
         self._plan = self.method.prepare(self.grid)
+        if startup == "lookahead" and getattr(self._plan, "shift", None) is None:
+            raise ValueError(
+                f"startup='lookahead' evaluates the start-up where a shifted method's first row reads x̂0; "
+                f"{self.method.signature()} on this grid has no evaluation shift: use a shifted p-family member "
+                "(e.g. 'dpl-ob-shift', ε-prediction) or startup='pc'"
+            )
 
     # -- public properties ---------------------------------------------------------------
     @property
@@ -248,7 +259,7 @@ class Solver:
             else:
                 out_dtype = self._input_dtype(x, "x")
                 carry = self.method.start(self._plan, self._to_state(x, "x"), self.grid.N)
-            first = pc_start if self.startup == "pc" and not isinstance(x, Latent) else None
+            first = None if isinstance(x, Latent) else STARTUPS[self.startup]
             carry = self._run("sample", eps_fn, carry, 0, progress, callback, first=first)
             return arrays.cast_to(self.method.output(carry), out_dtype)
 

@@ -35,9 +35,13 @@ commits points to a component early (more points in the wrong component at 5–1
 and digits FD 1.29 vs 1.25 at NFE 5); extrapolating the start-up's two data predictions
 to the level row N−1 wants (docs/math.md §13) wins 18 instead of 12 of 22 scaled-linear
 NFE-5 cases but raises the digits network's FD from 1.25 to 1.76 at NFE 5 and 1.15 to
-1.34 at NFE 10; the DDIM start with the shift wins more mixture cases on scaled-linear
-and linear at NFE 5 but loses on cosine at NFE 20 (11 vs 19 of 22) and on the network
-(FD +0.03…0.06 on linear and scaled-linear-like grids). Earlier:
+1.34 at NFE 10; evaluating the start-up's corrector at that level instead
+(`startup="lookahead"`, opt-in) wins scaled-linear NFE-5 cases 6–8 instead of 4–6 of 11
+and linear 9–10 instead of 6 (1024 points, three seeds) but moves the network's FD at
+NFE 4/5/6/10 by +0.16/−0.02/+0.07/+0.02; the DDIM start with the shift wins more
+mixture cases on scaled-linear and linear at NFE 5 but loses on cosine at NFE 20 (11 vs
+19 of 22) and on the network (FD +0.03…0.06 on linear and scaled-linear-like grids).
+Earlier:
 grid laws other than uniform-in-t (log-SNR-uniform, Karras ρ = 3/5/7, power laws in t,
 τ = 1/σ̄-uniform, grids optimised per N with Nelder–Mead) were worse somewhere, often
 5–300×, and optimised N = 5 grids came out close to uniform-in-t; p rules outside the

@@ -77,11 +77,14 @@ class EvaluationShift:
 
     time: per grid index, the model time t*_i (None: evaluate at t_i as usual).
     scale, weight: κ_i and w_i (1 where `time[i]` is None).
+    level: per grid index, the noise level σ̄_m,i on the trajectory whose x̂0 row i stands
+        for (NaN where undefined); the look-ahead start-up evaluates the model there.
     """
 
     time: tuple
     scale: np.ndarray
     weight: np.ndarray
+    level: np.ndarray
 
     def evaluate(self, evaluate: "Evaluate", x: Any, index: int) -> Any:
         """ε̂_index of the state x at grid index `index`."""

@@ -1,4 +1,4 @@
-"""The predictor–corrector start-up: the first step from a lone x_N (docs/math.md §12).
+"""The predictor–corrector start-up: the first step from a lone x_N (docs/math.md §12, §13).
 
 The default start (docs/math.md §3) makes the first, largest step with DDIM, which is first
 order. This one corrects it for free. With y = x̄/σ̄ and τ = 1/σ̄ the ODE reads
@@ -15,6 +15,21 @@ N-step sampler still makes N calls. Only sampling from a lone x_N uses it: inver
 sampling from a Latent run the method's own rows, so exact inversion is untouched and
 the Latent does not depend on the start-up.
 
+The look-ahead variant (startup="lookahead", methods with an evaluation shift) puts the
+corrector's node where the first row of the method wants x̂0. A shifted row N−1 reads x̂0
+as it is on the trajectory at σ̄_m = `EvaluationShift.level[N−1]` (docs/math.md §13), not
+at σ̄_{N−1}, so the start-up predicts to σ̄_m, evaluates there (t_m = t(σ̄_m) rounded to a
+training timestep, σ̄_m = σ̄(t_m)) and integrates with the quadrature that is exact for
+x̂0 linear in τ from the nodes τ_N and τ_m = 1/σ̄_m:
+
+    x̃̄ = x̂0_N + σ̄_m ε_N;   x̂0* = x̃̄ − σ̄_m ε(α_m x̃̄, t_m)
+    c = (τ_m − τ_N)/(τ_{N−1} − τ_N),   w = 1/(2c)
+    x̄_{N−1} = r x̄_N + (1 − r)((1 − w) x̂0_N + w x̂0*),   ε_eff = (x̄_{N−1} − x̂0*)/σ̄_{N−1}
+
+so row N−1 receives the x̂0 it asks for (at σ̄_m = σ̄_{N−1}: c = 1, the trapezoid above).
+Still two calls; N = 2 (row N−1 is row 1) and levels that round to t_{N−1} or do not lie
+below σ̄_N fall back to the plain step.
+
 The code runs in the grid's coordinates (y = x/s, τ; docs/math.md §11), where the data
 prediction is x̂0 = y − τ f in every system: bar coordinates (s = α, τ = σ̄, f = ε) give
 the formulas above, a flow's (s = 1, τ = σ, f = v) the same step with x̂0 = x − σ v and
@@ -23,14 +38,54 @@ r = σ_{N−1}/σ_N, regular at σ_N = 1 (docs/math.md §14).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
 from .. import recurrence
 from .base import Carry, Evaluate, MultistepPlan
+from .shift import model_times
 
-__all__ = ["pc_start"]
+__all__ = ["pc_start", "lookahead_start"]
+
+
+@dataclass(frozen=True)
+class _Node:
+    """The corrector's node: model time t_m, scale s_m and grid coordinate τ_m (= σ̄_m)."""
+
+    time: Any
+    scale: float
+    tau: float
 
 
 def pc_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate) -> Carry:
     """x_N → x_{N−1} by the predictor–corrector step, with ε_eff cached at x_{N−1}."""
+    return _corrected_start(plan, carry, evaluate, node=None)
+
+
+def lookahead_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate) -> Carry:
+    """x_N → x_{N−1} by the predictor–corrector step whose corrector node is the level
+    σ̄_m at which the shifted row N−1 wants x̂0 (module docstring), ε_eff cached at x_{N−1}."""
+    return _corrected_start(plan, carry, evaluate, node=lookahead_node(plan, carry.index))
+
+
+def lookahead_node(plan: MultistepPlan, N: int) -> _Node | None:
+    """Row N−1's trajectory level as a model time, or None where the plain step applies."""
+    g = plan.grid
+    if plan.shift is None:
+        raise ValueError("the look-ahead start needs a method with an evaluation shift (e.g. 'dpl-ob-shift')")
+    if N < 3:
+        return None
+    schedule = g.schedule
+    t_m = float(model_times(schedule, np.array([plan.shift.level[N - 1]]))[0])
+    sigma_bar_m = float(schedule.sigma_bar(t_m))
+    if t_m == float(g.timesteps[1]) or not sigma_bar_m < float(g.sigma_bar[N]):
+        return None
+    return _Node(time=schedule.model_time(t_m), scale=float(schedule.alpha(t_m)), tau=sigma_bar_m)
+
+
+def _corrected_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate, node: _Node | None) -> Carry:
     g = plan.grid
     N = carry.index
     if len(carry.xs) != 1 or N < 2:
@@ -39,16 +94,23 @@ def pc_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate) -> Carry:
     # the grid's coordinates y = x/s, τ (s = α, τ = σ̄ for ε; s = 1, τ = σ for a flow's v)
     s_N, s_M = float(g.scale[N]), float(g.scale[N - 1])
     tau_N, tau_M = float(g.tau[N]), float(g.tau[N - 1])
+    tau_m = tau_M if node is None else node.tau
     eps_N = evaluate.own(evaluate(x, N))
-    # DDIM predictor in x-space: x̃ = s_{N−1}(x_N/s_N − h_N f_N)
-    x_pred = recurrence.linear_combination([s_M / s_N, -s_M * (tau_N - tau_M)], [x, eps_N])
-    eps_pred = evaluate(x_pred, N - 1)
+    # DDIM predictor to τ_m, kept at x_{N−1}'s scale: x̃ = s_{N−1}(x_N/s_N − (τ_N − τ_m) f_N)
+    x_pred = recurrence.linear_combination([s_M / s_N, -s_M * (tau_N - tau_m)], [x, eps_N])
+    if node is None:
+        eps_pred = evaluate(x_pred, N - 1)
+        w = 0.5
+    else:
+        eps_pred = evaluate(x_pred, N - 1, t=node.time, scale=node.scale / s_M)
+        # the quadrature on [τ′_N, τ′_{N−1}] (τ′ = 1/τ) with nodes τ′_N and τ′_m, exact on lines
+        w = 0.5 * (1.0 / tau_M - 1.0 / tau_N) / (1.0 / tau_m - 1.0 / tau_N)
     r = tau_M / tau_N
-    # y_{N−1} = r y_N + (1 − r)/2 · (y_N − τ_N f_N + ỹ − τ_{N−1} f̃)
+    # y_{N−1} = r y_N + (1 − r)((1 − w)(y_N − τ_N f_N) + w (ỹ − τ_m f̃))
     y = recurrence.linear_combination(
-        [(r + 0.5 * (1 - r)) / s_N, -0.5 * (1 - r) * tau_N, 0.5 * (1 - r) / s_M, -0.5 * (1 - r) * tau_M],
+        [(r + (1 - w) * (1 - r)) / s_N, -(1 - w) * (1 - r) * tau_N, w * (1 - r) / s_M, -w * (1 - r) * tau_m],
         [x, eps_N, x_pred, eps_pred],
     )
-    # f_eff = (y_{N−1} − x̂0~)/τ_{N−1},  x̂0~ = x̃/s_{N−1} − τ_{N−1} f̃
-    eps_eff = recurrence.linear_combination([1.0 / tau_M, -1.0 / (s_M * tau_M), 1.0], [y, x_pred, eps_pred])
+    # f_eff = (y_{N−1} − x̂0*)/τ_{N−1},  x̂0* = x̃/s_{N−1} − τ_m f̃
+    eps_eff = recurrence.linear_combination([1.0 / tau_M, -1.0 / (s_M * tau_M), tau_m / tau_M], [y, x_pred, eps_pred])
     return Carry(index=N - 1, xs=(s_M * y, x), eps=(eps_eff, None))

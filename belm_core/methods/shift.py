@@ -37,9 +37,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..grid import Grid
+from ..schedules import NoiseSchedule
 from .base import EvaluationShift
 
-__all__ = ["evaluation_shift", "shifted_sigma_bar"]
+__all__ = ["evaluation_shift", "shifted_sigma_bar", "trajectory_level", "model_times"]
 
 
 def _sigma_bar_m(grid: Grid, p: np.ndarray) -> np.ndarray:
@@ -65,20 +66,31 @@ def _sigma_bar_m(grid: Grid, p: np.ndarray) -> np.ndarray:
     return np.clip(m, sb[i - 1], sb[i + 1])
 
 
+def trajectory_level(grid: Grid, p: np.ndarray, fraction: float) -> np.ndarray:
+    """σ̄_m,i for rows i = 1 … N−1, damped by `fraction`: σ̄_i + f (σ̄_m,i − σ̄_i) (module docstring, 1)."""
+    sb_i = grid.sigma_bar[1 : grid.N]
+    return sb_i + fraction * (_sigma_bar_m(grid, p) - sb_i)
+
+
 def shifted_sigma_bar(grid: Grid, p: np.ndarray, fraction: float) -> np.ndarray:
     """σ̄*_i for rows i = 1 … N−1: sqrt((σ̄_m² + σ̄_i²)/2) with σ̄_m damped by `fraction` (module docstring)."""
-    sb_i = grid.sigma_bar[1 : grid.N]
-    m = sb_i + fraction * (_sigma_bar_m(grid, p) - sb_i)
+    m, sb_i = trajectory_level(grid, p, fraction), grid.sigma_bar[1 : grid.N]
     return np.sqrt((m**2 + sb_i**2) / 2.0)
+
+
+def model_times(schedule: NoiseSchedule, sigma_bar: np.ndarray) -> np.ndarray:
+    """The model times of noise levels σ̄ (float64): t(σ̄), rounded to training timesteps on a
+    discrete schedule (the model is only ever called there), clipped to [t_min, t_max]."""
+    t = np.asarray(schedule.t_from_sigma_bar(sigma_bar), dtype=np.float64)
+    if schedule.discrete:
+        t = np.round(t)
+    return np.clip(t, schedule.t_min, schedule.t_max)
 
 
 def evaluation_shift(grid: Grid, p: np.ndarray, fraction: float) -> EvaluationShift:
     """The `EvaluationShift` of the p-family rows with p_i = p[i] (shape (N+1,)) on `grid`."""
     schedule, N = grid.schedule, grid.N
-    t_star = np.asarray(schedule.t_from_sigma_bar(shifted_sigma_bar(grid, p, fraction)), dtype=np.float64)
-    if schedule.discrete:
-        t_star = np.round(t_star)
-    t_star = np.clip(t_star, schedule.t_min, schedule.t_max)
+    t_star = model_times(schedule, shifted_sigma_bar(grid, p, fraction))
     time: list = [None] * (N + 1)
     scale, weight = np.ones(N + 1), np.ones(N + 1)
     for i, t in zip(range(1, N), t_star):
@@ -88,4 +100,6 @@ def evaluation_shift(grid: Grid, p: np.ndarray, fraction: float) -> EvaluationSh
         time[i] = schedule.model_time(t)
         scale[i] = float(schedule.alpha(t)) / grid.alpha[i]
         weight[i] = float(schedule.sigma_bar(t)) / grid.sigma_bar[i]
-    return EvaluationShift(time=tuple(time), scale=scale, weight=weight)
+    level = np.full(N + 1, np.nan)
+    level[1:N] = trajectory_level(grid, p, fraction)
+    return EvaluationShift(time=tuple(time), scale=scale, weight=weight, level=level)
