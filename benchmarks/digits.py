@@ -8,9 +8,11 @@ with label dropout), rebuilt by `python -m benchmarks.train_digits` and cached i
 guidance g ≠ 1 it is classifier-free guidance ε = ε_null + g (ε_c − ε_null) in one
 batched call. The
 solver state stays float64 unless stated. Grids: sample quality and editing use the
-`linspace` spacing; reconstruction uses `trailing` for our methods (the spacing
-diffusers' DDIMInverseScheduler supports), while DPMSolverInverse uses its own
-linspace variant and starts/ends at t = 0 instead of the clean state (see
+`linspace` spacing, except "recommended" (`belm_core.recommended(schedule, N)`: the
+exact dpl-ob-shift sampler on its "trailing" grid with the predictor–corrector start, as
+an app runs it when the user chooses nothing); reconstruction uses `trailing` for our
+methods (the spacing diffusers' DDIMInverseScheduler supports), while DPMSolverInverse
+uses its own linspace variant and starts/ends at t = 0 instead of the clean state (see
 `benchmarks.peers`).
 
 Digit classifier: scikit-learn `MLPClassifier(hidden_layer_sizes=(64,))` trained on the
@@ -113,7 +115,7 @@ def _ours(name):
 def sample_quality(unet, schedule, judge, nfes, n, methods, peer_names, seed=0, progress=True):
     import torch
 
-    from belm_core import Solver
+    from belm_core import Solver, recommended
 
     labels = np.arange(n) % 10
     x_T = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -122,14 +124,18 @@ def sample_quality(unet, schedule, judge, nfes, n, methods, peer_names, seed=0, 
         if progress:
             print(f"  digits: sample quality NFE {nfe}", flush=True)
         for m in methods:
-            meth = _ours(m)
-            steps = nfe // meth.nfe_per_step
-            if steps < meth.min_steps:
-                continue
             eps = digits_eps(unet, schedule, labels)
+            if m == "recommended":
+                solver = Solver(schedule, steps=nfe, **recommended(schedule, nfe))
+            else:
+                meth = _ours(m)
+                steps = nfe // meth.nfe_per_step
+                if steps < meth.min_steps:
+                    continue
+                solver = Solver(schedule, steps, meth, spacing="linspace")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                x = Solver(schedule, steps, meth, spacing="linspace").sample(eps, x_T)
+                x = solver.sample(eps, x_T)
             x = x.float().numpy()
             res[(m, nfe)] = judge.score(x, labels)
             samples[(m, nfe)] = x
@@ -299,7 +305,7 @@ def compute(quick: bool = False, progress: bool = True) -> DigitsData:
     # --- sample quality
     nfes = (5, 10, 20, 50) if quick else (5, 10, 20, 50, 100)
     n_gen = 200 if quick else 1000
-    q_methods = ("ddim", "bdia", "edict", "o-belm", "belm3")
+    q_methods = ("ddim", "bdia", "edict", "o-belm", "belm3", "recommended")
     q_peers = ("diffusers-DDIM", "diffusers-DPM++2M", "diffusers-UniPC")
     qual, samples = sample_quality(unet, schedule, judge, nfes, n_gen, q_methods, q_peers, progress=progress)
 

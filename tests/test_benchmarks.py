@@ -418,3 +418,36 @@ def test_lowstep_robustness_counts_wins_medians_and_other_components():
     r = lowstep.robustness(sweeps, (5,))[("sl", 5)]
     assert r["recommended"] == {"won": 1, "cases": 2, "other": 3, "median": pytest.approx(0.2), "points": 8}
     assert r["dpl-ob (trailing)"]["won"] == 0 and r["diffusers-UniPC"]["median"] == pytest.approx(0.2)
+
+
+def test_digits_sample_quality_runs_recommended_on_its_own_grid(monkeypatch):
+    from belm_core import DiscreteVP, Solver, recommended
+
+    from benchmarks.digits import sample_quality
+    from benchmarks.train_digits import TrainConfig, build_unet
+
+    torch.manual_seed(0)
+    unet = build_unet(TrainConfig(channels=(8, 16))).eval()
+    schedule = DiscreteVP.linear()
+    seen = []
+
+    class Judge:
+        def score(self, x, labels):
+            return {"acc": 0.0, "conf": 0.0, "fd": float(np.abs(x).mean()), "sw": 0.0}
+
+    real_init = Solver.__init__
+
+    def spy_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        seen.append(self)
+
+    monkeypatch.setattr(Solver, "__init__", spy_init)
+    res, samples = sample_quality(unet, schedule, Judge(), (3, 6), 4, ("recommended", "o-belm"), (), progress=False)
+    assert set(res) == {("recommended", 3), ("recommended", 6), ("o-belm", 3), ("o-belm", 6)}
+    rec = [s for s in seen if s.method.signature() == "dpl-ob-shift"]
+    assert [s.steps for s in rec] == [3, 6] and all(s.startup == "pc" for s in rec)
+    for s in rec:  # recommended's own grid, not linspace
+        want = Solver(schedule, steps=s.steps, **recommended(schedule, s.steps))
+        np.testing.assert_array_equal(s.timesteps, want.timesteps)
+        assert s.timesteps[0] == 999
+    assert np.all(np.isfinite(samples[("recommended", 6)]))
