@@ -40,7 +40,9 @@ NFE-5 cases but raises the digits network's FD from 1.25 to 1.76 at NFE 5 and 1.
 and linear 9–10 instead of 6 (1024 points, three seeds) but moves the network's FD at
 NFE 4/5/6/10 by +0.16/−0.02/+0.07/+0.02; the DDIM start with the shift wins more
 mixture cases on scaled-linear and linear at NFE 5 but loses on cosine at NFE 20 (11 vs
-19 of 22) and on the network (FD +0.03…0.06 on linear and scaled-linear-like grids).
+19 of 22) and on the network (FD +0.03…0.06 on linear and scaled-linear-like grids);
+a smaller last-row p_1 (O-BELM's × ½, nearer DDIM's last step) wins scaled-linear NFE-5
+cells 7 instead of 4 of 11 but raises the network's FD at NFE 5 from 1.25 to 1.41.
 Earlier:
 grid laws other than uniform-in-t (log-SNR-uniform, Karras ρ = 3/5/7, power laws in t,
 τ = 1/σ̄-uniform, grids optimised per N with Nelder–Mead) were worse somewhere, often
