@@ -80,7 +80,7 @@ def lookahead_node(plan: MultistepPlan, N: int) -> _Node | None:
     schedule = g.schedule
     t_m = float(model_times(schedule, np.array([plan.shift.level[N - 1]]))[0])
     sigma_bar_m = float(schedule.sigma_bar(t_m))
-    if t_m == float(g.timesteps[1]) or not sigma_bar_m < float(g.sigma_bar[N]):
+    if t_m == float(g.timesteps[g.N - (N - 1)]) or not sigma_bar_m < float(g.sigma_bar[N]):
         return None
     return _Node(time=schedule.model_time(t_m), scale=float(schedule.alpha(t_m)), tau=sigma_bar_m)
 
