@@ -451,3 +451,34 @@ def test_digits_sample_quality_runs_recommended_on_its_own_grid(monkeypatch):
         np.testing.assert_array_equal(s.timesteps, want.timesteps)
         assert s.timesteps[0] == 999
     assert np.all(np.isfinite(samples[("recommended", 6)]))
+
+
+def test_lowstep_digits_scores_measure_rmse_against_the_long_reference():
+    from belm_core import DiscreteVP, Solver
+
+    from benchmarks import lowstep
+    from benchmarks.digits import digits_eps
+    from benchmarks.train_digits import TrainConfig, build_unet
+
+    torch.manual_seed(0)
+    unet = build_unet(TrainConfig(channels=(8, 16))).eval()
+    schedule = DiscreteVP.linear()
+
+    class Judge:
+        floor_fd = 0.5
+
+        def score(self, x, labels):
+            return {"fd": float(np.abs(x).mean())}
+
+    x_T = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    d = lowstep.digits_scores(unet, schedule, Judge(), (3,), x_T, ref_n=4, ref_steps=12)
+    assert set(d["rmse"]) == set(d["fd"]) == set(lowstep.OURS + lowstep.PEERS[:2])
+    labels = np.arange(6) % 10
+    ref = Solver(schedule, steps=12, method="o-belm", spacing="linspace").sample(digits_eps(unet, schedule, labels[:4]), x_T[:4])
+    x = Solver(schedule, steps=3, **lowstep._kwargs(schedule, "recommended", 3)).sample(digits_eps(unet, schedule, labels), x_T)
+    assert d["rmse"]["recommended"][3] == pytest.approx(float(((x[:4] - ref) ** 2).mean().sqrt()), rel=1e-12)
+    assert d["fd"]["recommended"][3] == pytest.approx(float(x.float().abs().mean()), rel=1e-6)
+    assert d["ref_n"] == 4 and d["ref_steps"] == 12 and d["ref_spread"] > 0 and d["ref_spread_t"] > 0
+    data = lowstep.LowstepData((3,), 6, {}, (10,), {}, digits=d)
+    text = lowstep.render(data)
+    assert "### Digits DDPM: RMSE against the ODE solution" in text and "first 4 of the samples" in text
