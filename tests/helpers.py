@@ -55,4 +55,15 @@ class Count:
         return self.f(x, t)
 
 
-__all__ = ["AnalyticEps", "Count", "held_out_mixture", "irregular_timesteps", "mse", "empirical_order", "rows_of"]
+class Spy:
+    """A model function wrapper that records a NumPy copy of each (x, t) it is called with (`calls`)."""
+
+    def __init__(self, f):
+        self.f, self.calls = f, []
+
+    def __call__(self, x, t):
+        self.calls.append((np.array(x, copy=True), t))
+        return self.f(x, t)
+
+
+__all__ = ["AnalyticEps", "Count", "Spy", "held_out_mixture", "irregular_timesteps", "mse", "empirical_order", "rows_of"]

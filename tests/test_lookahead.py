@@ -12,18 +12,7 @@ import torch
 
 from belm_core import DiscreteVP, FlowMatch, LinearVP, PFamily, Solver
 from belm_core.methods.shift import model_times
-from helpers import AnalyticEps, Count, held_out_mixture
-
-
-class Spy:
-    """ε that records the (x, t) it is called with."""
-
-    def __init__(self, f):
-        self.f, self.calls = f, []
-
-    def __call__(self, x, t):
-        self.calls.append((np.array(x, copy=True), t))
-        return self.f(x, t)
+from helpers import AnalyticEps, Count, Spy, held_out_mixture
 
 
 def solver(sch, N, startup="lookahead", method="dpl-ob-shift"):

@@ -16,18 +16,7 @@ from hypothesis import strategies as st
 from belm_core import DiscreteVP, FlowMatch, Latent, LinearVP, PFamily, Solver, make_grid, recommended
 from belm_core.methods.shift import shifted_sigma_bar
 from belm_core.stepper import Stepper
-from helpers import AnalyticEps, held_out_mixture
-
-
-class Spy:
-    """ε that records the (x, t) it is called with."""
-
-    def __init__(self, f):
-        self.f, self.calls = f, []
-
-    def __call__(self, x, t):
-        self.calls.append((x.copy(), t))
-        return self.f(x, t)
+from helpers import AnalyticEps, Spy, held_out_mixture
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
