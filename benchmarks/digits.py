@@ -124,7 +124,6 @@ def sample_quality(unet, schedule, judge, nfes, n, methods, peer_names, seed=0, 
         if progress:
             print(f"  digits: sample quality NFE {nfe}", flush=True)
         for m in methods:
-            eps = digits_eps(unet, schedule, labels)
             if m == "recommended":
                 solver = Solver(schedule, steps=nfe, **recommended(schedule, nfe))
             else:
@@ -133,6 +132,7 @@ def sample_quality(unet, schedule, judge, nfes, n, methods, peer_names, seed=0, 
                 if steps < meth.min_steps:
                     continue
                 solver = Solver(schedule, steps, meth, spacing="linspace")
+            eps = digits_eps(unet, schedule, labels)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 x = solver.sample(eps, x_T)

@@ -528,6 +528,11 @@ def latent_table(data: LowstepData) -> str:
                   f"round-trip MSE (N = {data.latent_steps[-1]})"], rows)
 
 
+def _by_nfe_table(values: dict, nfes) -> str:
+    """A table with one row per method of {method: {nfe: value}} and one column per NFE."""
+    return table(["method"] + [f"NFE {k}" for k in nfes], [[m] + [v[k] for k in nfes] for m, v in values.items()])
+
+
 def render(data: LowstepData) -> str:
     body = [doc_intro(__doc__), ""]
     body.append(f"Batch: {data.batch} points per problem; x_T at t = 999; NFE = model calls (ours: N steps = N calls).")
@@ -559,8 +564,7 @@ def render(data: LowstepData) -> str:
     if data.digits is not None:
         d = data.digits
         body += ["", f"### Digits DDPM: Fréchet distance ↓ ({d['n']} samples, same x_T; floor {d['floor']:.3f})", ""]
-        body.append(table(["method"] + [f"NFE {k}" for k in data.nfes],
-                          [[m] + [v[k] for k in data.nfes] for m, v in d["fd"].items()]))
+        body.append(_by_nfe_table(d["fd"], data.nfes))
         if "rmse" in d:
             body += ["", (f"### Digits DDPM: RMSE against the ODE solution ↓ (first {d['ref_n']} of the samples; "
                           f"reference: O-BELM, {d['ref_steps']} linspace steps)"), "",
@@ -568,8 +572,7 @@ def render(data: LowstepData) -> str:
                       f"{d['ref_steps']}-step trailing solution (last model time {d['ref_spread_t']:g}) is "
                       f"{d['ref_spread']:.2g} from the reference. RMSE against the ODE solution is the metric "
                       "of the mixture tables above."), "",
-                     table(["method"] + [f"NFE {k}" for k in data.nfes],
-                           [[m] + [v[k] for k in data.nfes] for m, v in d["rmse"].items()])]
+                     _by_nfe_table(d["rmse"], data.nfes)]
     return "\n".join(body)
 
 
