@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("matplotlib")
 
-from belm_core import DiscreteVP  # noqa: E402
+from belm_core import DiscreteVP, Solver, recommended  # noqa: E402
 
 from backends.analytic import empirical_order  # noqa: E402
 from benchmarks import accuracy, cost, digits, exactness, peers, report  # noqa: E402
@@ -383,6 +383,9 @@ def test_lowstep_compute_reports_the_peers_on_their_chosen_laws(monkeypatch):
     monkeypatch.setattr(lowstep, "LATENT_STEPS", (4, 6))
     monkeypatch.setattr(lowstep, "BATCH", 64)
     monkeypatch.setattr(lowstep, "SEEDS", (0, 1))
+    monkeypatch.setattr(lowstep, "random_problems", lambda: [GaussianMixture.random((3,), 2, seed=33)])
+    monkeypatch.setattr(lowstep, "RANDOM_NFES", (5,))
+    monkeypatch.setattr(lowstep, "RANDOM_BATCH", 16)
     data = lowstep.compute(quick=True, progress=False, with_digits=False)
     text = lowstep.render(data)
     # the robustness table: every (schedule, NFE), all points of both seeds, wins only for ours
@@ -394,6 +397,13 @@ def test_lowstep_compute_reports_the_peers_on_their_chosen_laws(monkeypatch):
     rms = data.errors[("linear", "tiny")]
     assert (rms["recommended"][5] <= min(rms["diffusers-DPM++2M"][5], rms["diffusers-UniPC"][5])) <= seed0["won"]
     assert "### Robustness over x_T seeds 0, 1" in text
+    # the random draw: recommended and the better peer, recomputed independently
+    case = lowstep.Case(GaussianMixture.random((3,), 2, seed=33), DiscreteVP.linear(), 16, seed=lowstep.RANDOM_XT_SEED)
+    [(ours, best)] = data.random["linear"][5]
+    solver = Solver(case.schedule, steps=5, **recommended(case.schedule, 5))
+    assert ours == pytest.approx(case.error(solver.sample(case.eps, case.x_T)), rel=1e-12)
+    assert best == pytest.approx(min(lowstep.peer_error(case, p, 5, "linspace") for p in lowstep.PEERS[:2]), rel=1e-12)
+    assert "### A random draw of held-out mixtures (1 problems × 16 points)" in text
     assert "### The peers on their own best grid laws" in text and "Stretch: recommended ≤" in text
     rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| linear | diffusers-")]
     assert [r[1].strip() for r in rows] == list(lowstep.PEERS)
@@ -405,6 +415,31 @@ def test_lowstep_compute_reports_the_peers_on_their_chosen_laws(monkeypatch):
         assert data.errors[("linear", "tiny")][lowstep.best_key(p)][5] == pytest.approx(
             lowstep.peer_error(lowstep.Case(GaussianMixture.random((2,), 2, seed=31), DiscreteVP.linear(), 64),
                                p, 5, g.law), rel=1e-12)
+
+
+def test_random_problems_are_a_fixed_draw_disjoint_from_the_reported_and_tuning_mixtures():
+    from benchmarks import lowstep
+
+    draw = lowstep.random_problems()
+    assert len(draw) == lowstep.RANDOM_COUNT
+    again = lowstep.random_problems()
+    assert all(np.array_equal(a.means, b.means) and np.array_equal(a.weights, b.weights) for a, b in zip(draw, again))
+    assert {d.means.shape[1] for d in draw} <= {2, 3, 4, 6, 8, 16, 32}
+    assert all(2 <= len(d.weights) <= 8 for d in draw)
+    assert len({d.means.shape for d in draw}) > 5  # dimensions and component counts vary
+    others = list(lowstep.problems(quick=False).values()) + list(lowstep.tuning_problems().values())
+    for d in draw:
+        assert all(d.means.shape != o.means.shape or not np.allclose(d.means, o.means) for o in others)
+
+
+def test_lowstep_random_table_counts_wins_and_ratios():
+    from benchmarks import lowstep
+
+    data = lowstep.LowstepData((5,), 4, {}, (10, 20), {},
+                               random={"linear": {5: [(0.1, 0.2), (0.3, 0.2), (0.2, 0.2)], 10: [(0.5, 0.1)]}})
+    rows = rows_of(lowstep.random_table(data))
+    assert rows["linear"][:5] == ["5", "**2/3**", f"{np.cbrt(0.5 * 1.5 * 1.0):.3g}", "1", "1.5"]
+    assert "### A random draw of held-out mixtures (3 problems" in lowstep.render(data)
 
 
 def test_lowstep_robustness_counts_wins_medians_and_other_components():
