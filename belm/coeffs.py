@@ -193,14 +193,27 @@ class _TimeLimit(Exception):
     pass
 
 
+#: seconds between repeated alarms once the limit has passed (see `_time_limit`)
+_RETRY_S = 0.05
+
+
 @contextlib.contextmanager
 def _time_limit(seconds: float, what: str):
-    """Stop the block after `seconds` of wall time with a ValueError (SIGALRM; main thread only)."""
+    """Stop the block after `seconds` of wall time with a ValueError (SIGALRM; main thread only).
+
+    An exception raised by a signal handler while a gc callback or a __del__ runs is
+    swallowed (Python prints it as "unraisable"), so the handler re-arms the timer before
+    raising: the alarm repeats every `_RETRY_S` until one lands in the block's own code.
+    """
     if not (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()):
         yield
         return
+    done = False
 
     def on_alarm(signum, frame):
+        if done:
+            return
+        signal.setitimer(signal.ITIMER_REAL, _RETRY_S)
         raise _TimeLimit
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
@@ -208,11 +221,13 @@ def _time_limit(seconds: float, what: str):
     try:
         yield
     except _TimeLimit:
+        done = True
         raise ValueError(
             f"{what} took longer than --time-limit {seconds:g} s; pin fewer or simpler coefficients, "
             "use a smaller k, or raise --time-limit"
         ) from None
     finally:
+        done = True
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 

@@ -1,7 +1,10 @@
 """`belm demo` and `belm coeffs` end to end."""
 
 import json
+import signal
 import subprocess
+
+import pytest
 
 from belm.cli import main
 
@@ -131,6 +134,26 @@ def test_coeffs_bounds_k_before_any_work(capsys):
         assert main(["coeffs", *argv]) == 2
         assert time.perf_counter() - t < 1.0
         assert bound in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs SIGALRM")
+def test_time_limit_repeats_the_alarm_when_one_is_swallowed():
+    import time
+
+    from belm.coeffs import _TimeLimit, _time_limit
+
+    swallowed = 0
+    t = time.perf_counter()
+    with pytest.raises(ValueError, match="the block took longer than --time-limit 0.05 s"):
+        with _time_limit(0.05, "the block"):
+            try:  # what a gc callback or __del__ does to an exception raised inside it
+                time.sleep(2.0)
+            except _TimeLimit:
+                swallowed += 1
+            time.sleep(2.0)
+    assert swallowed == 1 and time.perf_counter() - t < 1.0
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # disarmed afterwards
+    time.sleep(0.15)  # and no stray alarm arrives later
 
 
 def test_coeffs_time_limit_stops_a_slow_solve(capsys):
