@@ -1,10 +1,11 @@
 """Low-step accuracy: the recommended exact sampler vs DPM-Solver++(2M), UniPC and DEIS.
 
 `Solver(schedule, steps=N, **belm_core.recommended(schedule, N))` — the exact p-family
-member "dpl-ob-shift" (dpl-ob, docs/math.md §12, reading x̂0 at a half-way shifted noise
-level, §13), the predictor–corrector start-up and the "trailing" grid, N model calls,
+member "dpl-ob-shift-last" (dpl-ob, docs/math.md §12, reading x̂0 at a half-way shifted
+noise level on every row, the last one included where σ̄_1 > 0.3, §13), the
+predictor–corrector start-up and the "trailing" grid, N model calls,
 first model time T − 1 — against diffusers' DPM-Solver++(2M), UniPC (bh2) and DEIS on
-their default grid (`benchmarks.peers`), against "dpl-ob" without the shift (the previous
+their default grid (`benchmarks.peers`), against "dpl-ob" without the shift (an earlier
 recommendation, same grid and start-up) and against plain O-BELM on the paper's
 "linspace" grid (the apps' default before issue #10). Every sampler starts from the same
 x_T = α x_0 + σ n at t = T − 1 and is scored by

@@ -14,15 +14,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from belm_core import DiscreteVP, FlowMatch, Latent, LinearVP, PFamily, Solver, make_grid, recommended
-from belm_core.methods.shift import shifted_sigma_bar
+from belm_core.methods import get_method
+from belm_core.methods.shift import shifted_sigma_bar, trajectory_level
 from belm_core.stepper import Stepper
 from helpers import AnalyticEps, Spy, held_out_mixture
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), N=st.integers(2, 30), shift=st.floats(0.0, 1.0),
-       rule=st.sampled_from(["dpl-ob", "dpl", "o-belm"]), discrete=st.booleans())
-def test_every_shift_round_trips_exactly(seed, N, shift, rule, discrete):
+       rule=st.sampled_from(["dpl-ob", "dpl", "o-belm"]), discrete=st.booleans(), last=st.booleans())
+def test_every_shift_round_trips_exactly(seed, N, shift, rule, discrete, last):
     rng = np.random.default_rng(seed)
     if discrete:
         sch = DiscreteVP.linear()
@@ -35,7 +36,8 @@ def test_every_shift_round_trips_exactly(seed, N, shift, rule, discrete):
     x0 = data.sample(4, seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        solver = Solver(sch, method=PFamily(rule, shift=shift), timesteps=t, allow_unstable=True, check_finite=False)
+        method = PFamily(rule, shift=shift, shift_last=last and shift > 0, s=0.0)
+        solver = Solver(sch, method=method, timesteps=t, allow_unstable=True, check_finite=False)
         latent = solver.invert(eps, x0)
         rec = solver.sample(eps, latent)
     p = np.abs(solver.method.p(solver.grid)[1:-1])
@@ -69,9 +71,10 @@ def test_the_model_sees_the_same_bar_state_at_a_training_timestep():
     solver.sample(spy, x_T, callback=lambda info: states.append((info["index"], info["x"])))
     assert len(spy.calls) == 10
     grid, shift = solver.grid, solver._plan.shift
-    # row N−1 reads the start-up's ε_eff; rows N−2 … 2 are moved (row 1 keeps O-BELM's p_1: no shift)
+    # row N−1 reads the start-up's ε_eff; rows N−2 … 1 are moved (σ̄_1 = 0.34 > s: the last row too)
+    assert grid.sigma_bar[1] > solver.method.s
     moved = [i for i in range(grid.N - 1) if shift.time[i] is not None]
-    assert moved == list(range(2, grid.N - 1))
+    assert moved == list(range(1, grid.N - 1))
     by_index = dict(states)
     for x, t in spy.calls:
         assert isinstance(t, int) and 0 <= t <= 999  # the model only ever sees training timesteps
@@ -81,6 +84,53 @@ def test_the_model_sees_the_same_bar_state_at_a_training_timestep():
         assert len(x_seen) == 1 and t_star not in grid.timesteps
         # κ_i x_i: the bar state x̄_i = x_i/α_i handed to the model at α(t*)
         np.testing.assert_allclose(x_seen[0] / float(sch.alpha(t_star)), by_index[i] / grid.alpha[i], rtol=1e-12)
+
+
+def test_the_last_row_reads_x0_where_x0_linear_in_sigma_bar_wants_it_above_s():
+    sch = DiscreteVP.linear()
+    for N in (5, 8, 10):
+        solver = Solver(sch, steps=N, **recommended(sch, N))
+        g, p = solver.grid, solver.method.p(solver.grid)
+        sb, h = g.sigma_bar, g.h
+        m = trajectory_level(g, p, 1.0, last_linear=True)[0]
+        # on the shape x̄ = φ(σ̄) = σ̄ ln σ̄ (x̂0 = −σ̄) the row with ε̂_1 = (φ(σ̄_1) − x̂0(σ̄_m))/σ̄_1 is exact
+        phi = lambda s: s * np.log(s) if s > 0 else 0.0  # noqa: E731
+        eps_row = (phi(sb[1]) + m) / sb[1]
+        row = (1 - p[1]) * phi(sb[1]) + p[1] * phi(sb[2]) - (h[1] + p[1] * h[2]) * eps_row
+        assert row == pytest.approx(phi(sb[0]), abs=1e-13)
+        assert 0.5 * sb[1] < m < sb[1]  # x̂0 is read lower, as on the rows above
+        # half-way damped and read at the fixed bar state, at a training timestep below t_1
+        star = shifted_sigma_bar(g, p, 0.5, last_linear=True)[0]
+        assert star == pytest.approx(np.sqrt(((sb[1] + 0.5 * (m - sb[1])) ** 2 + sb[1] ** 2) / 2), rel=1e-12)
+        assert solver._plan.shift.time[1] == round(float(sch.t_from_sigma_bar(star)))
+        assert solver._plan.shift.time[1] < g.timesteps[-1]
+    # at σ̄_1 ≤ s the last row is an O-BELM row and reads ε at t_1, as "dpl-ob-shift" does
+    fine = Solver(sch, steps=20, **recommended(sch, 20))
+    assert fine.grid.sigma_bar[1] <= fine.method.s and fine._plan.shift.time[1] is None
+    plain = Solver(sch, steps=20, method="dpl-ob-shift", spacing="trailing")
+    assert fine._plan.shift.time == plain._plan.shift.time
+    np.testing.assert_array_equal(fine._plan.shift.weight, plain._plan.shift.weight)
+
+
+def test_shift_last_is_its_own_method_and_refuses_bad_values():
+    last, plain = PFamily.shifted_last(), PFamily.shifted()
+    assert last.signature() == "dpl-ob-shift-last" != plain.signature()
+    assert get_method("dpl-ob-shift-last").signature() == "dpl-ob-shift-last"
+    assert PFamily("dpl", shift=0.25, shift_last=True).signature() == "dpl(shift=0.25, shift_last=True)"
+    with pytest.raises(ValueError, match="shift_last=True .* needs shift > 0"):
+        PFamily("dpl-ob", shift_last=True)
+    with pytest.raises(TypeError, match="shift_last='yes' must be True or False"):
+        PFamily("dpl-ob", shift=0.5, shift_last="yes")
+    # a latent of one does not reconstruct with the other: the last row reads ε elsewhere
+    sch = DiscreteVP.scaled_linear()
+    data = held_out_mixture((3,), seed=1)
+    eps = AnalyticEps(data, sch)
+    x0 = data.sample(6, seed=2)
+    a = Solver(sch, steps=6, method=last, spacing="trailing")
+    latent = a.invert(eps, x0)
+    assert np.max(np.abs(a.sample(eps, latent) - x0)) < 1e-12
+    with pytest.raises(ValueError, match="dpl-ob-shift-last"):
+        Solver(sch, steps=6, method=plain, spacing="trailing").sample(eps, latent)
 
 
 def _row_error(shift: float, i: int) -> float:

@@ -27,7 +27,8 @@ METHODS: dict[str, Callable[[], Method]] = {
     "o-belm": OBELM,
     "belm3": BELM.stable,
     "dpl-ob": PFamily,  # rule="dpl-ob", s=0.3
-    "dpl-ob-shift": PFamily.shifted,  # rule="dpl-ob", shift=0.5 (the recommended sampler)
+    "dpl-ob-shift": PFamily.shifted,  # rule="dpl-ob", shift=0.5
+    "dpl-ob-shift-last": PFamily.shifted_last,  # and the last row shifted (the recommended sampler)
 }
 
 

@@ -28,8 +28,12 @@ Members (`rule=`):
 `shift=f` (0 ≤ f ≤ 1) reads ε̂_i = (σ̄*_i/σ̄_i) ε(α(t*_i) x̄_i, t*_i) at a shifted noise level
 σ̄*_i instead of ε(x_i, t_i) (docs/math.md §13, `belm_core.methods.shift`): still a function
 of x_i alone, so still exact, and with f = 1 exact on one more shape on any p. "dpl-ob-shift"
-(registered; `PFamily.shifted()`) is dpl-ob with f = ½, the sampler `belm_core.recommended`
-returns: order 2 on smooth grids, as dpl-ob.
+(registered; `PFamily.shifted()`) is dpl-ob with f = ½: order 2 on smooth grids, as dpl-ob.
+Its last row keeps σ̄*_1 = σ̄_1 (O-BELM's p_1 is already exact on the shape x̂0 = a − cσ̄²).
+`shift_last=True` moves that row too when σ̄_1 > s, to where x̂0 linear in σ̄ wants it
+(about 0.93 σ̄_1 with f = ½ on a trailing grid): "dpl-ob-shift-last" (registered;
+`PFamily.shifted_last()`), the sampler `belm_core.recommended` returns. One row with an
+O(h_1²) local error, so still order 2.
 
 DPL's rows are neutral in the stiff directions (q_i = 1, see `stiff_ratio`), as the
 leapfrog is: on grids whose step ratio jumps from step to step (alternating or jittered
@@ -82,13 +86,17 @@ class PFamily(LinearMultistep):
         rule: "dpl-ob" (default), "dpl", "o-belm" or "bdia" (module docstring).
         phi: a sympy expression in one symbol (σ̄), or a callable taking a sympy symbol;
             instead of `rule`. sympy is imported only when `phi` is given.
-        s: the σ̄ threshold of "dpl-ob" below which O-BELM's p may take over.
+        s: the σ̄ threshold of "dpl-ob" below which O-BELM's p may take over (and above which
+            `shift_last` moves the last row).
         shift: the fraction f ∈ [0, 1] of the evaluation shift (0: ε at (x_i, t_i)); ε-prediction only.
+        shift_last: also shift the last row (row 1) when σ̄_1 > s, to where x̂0 linear in σ̄ wants
+            it (`belm_core.methods.shift`, docs/math.md §13); needs shift > 0.
     """
 
     k = 2
 
-    def __init__(self, rule: PRule | None = "dpl-ob", *, phi: Any = None, s: float = DEFAULT_S, shift: float = 0.0):
+    def __init__(self, rule: PRule | None = "dpl-ob", *, phi: Any = None, s: float = DEFAULT_S, shift: float = 0.0,
+                 shift_last: bool = False):
         if phi is not None:
             from ..derivation.shapes import shape_p
 
@@ -109,16 +117,28 @@ class PFamily(LinearMultistep):
         if not is_real(shift) or not 0.0 <= shift <= 1.0:
             raise ValueError(f"shift={shift!r} must be a real number in [0, 1] (0: ε at t_i; 1: the full shift of docs/math.md §13)")
         self.shift = float(shift)
+        if not isinstance(shift_last, (bool, np.bool_)):
+            raise TypeError(f"shift_last={shift_last!r} must be True or False")
+        if shift_last and not self.shift:
+            raise ValueError("shift_last=True shifts the last row like the others: it needs shift > 0 (e.g. 0.5)")
+        self.shift_last = bool(shift_last)
         if self.name == "dpl-ob" and self.shift == DEFAULT_SHIFT:
-            self.name = "dpl-ob-shift"
+            self.name = "dpl-ob-shift-last" if self.shift_last else "dpl-ob-shift"
         elif self.shift:
-            self.name = f"{self.name}(shift={self.shift!r})" if "(" not in self.name else f"{self.name[:-1]}, shift={self.shift!r})"
+            extra = f"shift={self.shift!r}" + (", shift_last=True" if self.shift_last else "")
+            self.name = f"{self.name}({extra})" if "(" not in self.name else f"{self.name[:-1]}, {extra})"
 
     @classmethod
     def shifted(cls) -> PFamily:
         """"dpl-ob-shift": dpl-ob with ε read at the half-way shifted noise level (shift = 0.5,
-        docs/math.md §13), the sampler `belm_core.recommended` returns."""
+        docs/math.md §13); the last row reads ε at t_1."""
         return cls("dpl-ob", shift=DEFAULT_SHIFT)
+
+    @classmethod
+    def shifted_last(cls) -> PFamily:
+        """"dpl-ob-shift-last": "dpl-ob-shift" whose last row, too, reads x̂0 at a shifted level
+        when σ̄_1 > s (docs/math.md §13), the sampler `belm_core.recommended` returns."""
+        return cls("dpl-ob", shift=DEFAULT_SHIFT, shift_last=True)
 
     def p(self, grid: Grid) -> np.ndarray:
         """p_i for rows i = 1 … N−1, as an array of shape (N+1,) (NaN outside the rows)."""
@@ -170,7 +190,8 @@ class PFamily(LinearMultistep):
                 f"{self.signature()}: the evaluation shift reads x̂0 at another noise level in bar coordinates "
                 f"(ε-prediction); this grid runs prediction={grid.prediction!r}: use shift=0"
             )
-        return replace(plan, shift=evaluation_shift(grid, self.p(grid), self.shift))
+        last_linear = self.shift_last and grid.sigma_bar[1] > self.s
+        return replace(plan, shift=evaluation_shift(grid, self.p(grid), self.shift, last_linear))
 
     def stability(self):
         # equal steps far from the clean end: p → 1, ρ(ζ) = (ζ − 1)(ζ + 1), the leapfrog's roots

@@ -14,8 +14,18 @@ x̄_i is read, one model call per row:
        τ_m = τ_i + (X(σ̄_{i−1}) − p_i X(σ̄_{i+1})) / ((h_i + p_i h_{i+1}) τ_i),   σ̄_m = 1/τ_m
 
    (for DPL's p_i = σ̄_{i−1}/σ̄_{i+1} this is the τ-midpoint (τ_{i−1} + τ_{i+1})/2). Row 1
-   (σ̄_0 = 0, τ_0 = ∞) uses the shape x̄ = (σ̄ − σ̄_1)² instead:
-   σ̄_m = σ̄_1 + (p_1 h_2² − h_1²) / (2 (h_1 + p_1 h_2)), which is σ̄_1 for O-BELM's p_1.
+   (σ̄_0 = 0, τ_0 = ∞) uses the shape x̄ = (σ̄ − σ̄_1)² instead (x̂0 = a − cσ̄², even in σ̄,
+   as for smooth data at σ̄ → 0): σ̄_m = σ̄_1 + (p_1 h_2² − h_1²) / (2 (h_1 + p_1 h_2)), which
+   is σ̄_1 for O-BELM's p_1. With `last_linear` it uses x̂0 linear in σ̄ instead, the shape
+   x̄ = φ(σ̄) = σ̄ ln σ̄ (x̂0 = x̄ − σ̄φ′ = −σ̄): the row reads ε̂_1 = (φ(σ̄_1) + σ̄_m)/σ̄_1 and
+   is exact when
+
+       σ̄_m = σ̄_1 (((1 − p_1) φ(σ̄_1) + p_1 φ(σ̄_2) − φ(σ̄_0)) / (h_1 + p_1 h_2) − ln σ̄_1),   φ(0) = 0
+
+   (about 0.69 σ̄_1 on a trailing grid; scale-free: σ̄_m/σ̄_1 depends on σ̄_2/σ̄_1 and p_1
+   only). The last step crosses from the τ-linear regime of the rows above into the
+   σ̄-quadratic one at the clean end; PFamily(shift_last=True) asks for it when σ̄_1 > s,
+   where the rows above it are DPL rows (docs/math.md §13).
    The shift is then damped to a fraction f: σ̄_m ← σ̄_i + f (σ̄_m − σ̄_i), and kept in
    [σ̄_{i−1}, σ̄_{i+1}].
 2. Where to read it at fixed x̄_i. Moving the noise level at a fixed bar state moves x̂0
@@ -43,7 +53,7 @@ from .base import EvaluationShift
 __all__ = ["evaluation_shift", "shifted_sigma_bar", "trajectory_level", "model_times"]
 
 
-def _sigma_bar_m(grid: Grid, p: np.ndarray) -> np.ndarray:
+def _sigma_bar_m(grid: Grid, p: np.ndarray, last_linear: bool = False) -> np.ndarray:
     """σ̄_m,i for rows i = 1 … N−1 (shape (N−1,)): where the row wants x̂0 on the trajectory."""
     sb, h = grid.sigma_bar, grid.h
     N = grid.N
@@ -51,8 +61,11 @@ def _sigma_bar_m(grid: Grid, p: np.ndarray) -> np.ndarray:
     p_i = p[i]
     den = h[i] + p_i * h[i + 1]
     m = np.empty(N - 1)
-    # row 1: exact on x̄ = (σ̄ − σ̄_1)²
-    m[0] = sb[1] + (p_i[0] * h[2] ** 2 - h[1] ** 2) / (2.0 * den[0])
+    if last_linear:  # row 1: exact on x̂0 linear in σ̄, x̄ = σ̄ ln σ̄
+        phi = ((1.0 - p_i[0]) * _xlogx(sb[1]) + p_i[0] * _xlogx(sb[2]) - _xlogx(sb[0])) / den[0]
+        m[0] = sb[1] * (phi - np.log(sb[1]))
+    else:  # row 1: exact on x̄ = (σ̄ − σ̄_1)²
+        m[0] = sb[1] + (p_i[0] * h[2] ** 2 - h[1] ** 2) / (2.0 * den[0])
     if N > 2:
         r = i[1:]
         tau_i = 1.0 / sb[r]
@@ -66,15 +79,20 @@ def _sigma_bar_m(grid: Grid, p: np.ndarray) -> np.ndarray:
     return np.clip(m, sb[i - 1], sb[i + 1])
 
 
-def trajectory_level(grid: Grid, p: np.ndarray, fraction: float) -> np.ndarray:
+def _xlogx(x: float) -> float:
+    """x ln x, continued by 0 at x = 0."""
+    return float(x * np.log(x)) if x > 0 else 0.0
+
+
+def trajectory_level(grid: Grid, p: np.ndarray, fraction: float, last_linear: bool = False) -> np.ndarray:
     """σ̄_m,i for rows i = 1 … N−1, damped by `fraction`: σ̄_i + f (σ̄_m,i − σ̄_i) (module docstring, 1)."""
     sb_i = grid.sigma_bar[1 : grid.N]
-    return sb_i + fraction * (_sigma_bar_m(grid, p) - sb_i)
+    return sb_i + fraction * (_sigma_bar_m(grid, p, last_linear) - sb_i)
 
 
-def shifted_sigma_bar(grid: Grid, p: np.ndarray, fraction: float) -> np.ndarray:
+def shifted_sigma_bar(grid: Grid, p: np.ndarray, fraction: float, last_linear: bool = False) -> np.ndarray:
     """σ̄*_i for rows i = 1 … N−1: sqrt((σ̄_m² + σ̄_i²)/2) with σ̄_m damped by `fraction` (module docstring)."""
-    m, sb_i = trajectory_level(grid, p, fraction), grid.sigma_bar[1 : grid.N]
+    m, sb_i = trajectory_level(grid, p, fraction, last_linear), grid.sigma_bar[1 : grid.N]
     return np.sqrt((m**2 + sb_i**2) / 2.0)
 
 
@@ -87,10 +105,11 @@ def model_times(schedule: NoiseSchedule, sigma_bar: np.ndarray) -> np.ndarray:
     return np.clip(t, schedule.t_min, schedule.t_max)
 
 
-def evaluation_shift(grid: Grid, p: np.ndarray, fraction: float) -> EvaluationShift:
-    """The `EvaluationShift` of the p-family rows with p_i = p[i] (shape (N+1,)) on `grid`."""
+def evaluation_shift(grid: Grid, p: np.ndarray, fraction: float, last_linear: bool = False) -> EvaluationShift:
+    """The `EvaluationShift` of the p-family rows with p_i = p[i] (shape (N+1,)) on `grid`;
+    `last_linear`: row 1 reads x̂0 where x̂0 linear in σ̄ wants it (module docstring, 1)."""
     schedule, N = grid.schedule, grid.N
-    t_star = model_times(schedule, shifted_sigma_bar(grid, p, fraction))
+    t_star = model_times(schedule, shifted_sigma_bar(grid, p, fraction, last_linear))
     time: list = [None] * (N + 1)
     scale, weight = np.ones(N + 1), np.ones(N + 1)
     for i, t in zip(range(1, N), t_star):
@@ -101,5 +120,5 @@ def evaluation_shift(grid: Grid, p: np.ndarray, fraction: float) -> EvaluationSh
         scale[i] = float(schedule.alpha(t)) / grid.alpha[i]
         weight[i] = float(schedule.sigma_bar(t)) / grid.sigma_bar[i]
     level = np.full(N + 1, np.nan)
-    level[1:N] = trajectory_level(grid, p, fraction)
+    level[1:N] = trajectory_level(grid, p, fraction, last_linear)
     return EvaluationShift(time=tuple(time), scale=scale, weight=weight, level=level)
