@@ -14,8 +14,8 @@ from 64–69 to 79–84 of 99 (11 held-out mixtures × 3 schedules × NFE 5/10/2
 three x_T seeds) and lowered the digits network's Fréchet distance at NFE 5/10; shifting
 the last row as well (it moves only where σ̄_1 > s: N ≤ 12, 11 and 5 on scaled-linear,
 linear and cosine) wins more cases at
-NFE 5 and 10 and brings the digits network 6–18 % closer to its ODE solution at NFE 4–10
-(docs/math.md §13). No per-N tuning of the grid, p rule or start-up paid off (the
+NFE 5 and 10 and brings the digits network 5–18 % closer to its ODE solution at NFE 4–10
+(its Fréchet distance: better at NFE 5, 0.02–0.06 worse at 4 and 6; docs/math.md §13). No per-N tuning of the grid, p rule or start-up paid off (the
 look-ahead start, docs/math.md §13, wins mixtures at NFE 5–8 but loses on the digits
 network at NFE 4, 6 and 10, so the plain predictor–corrector start stays).
 

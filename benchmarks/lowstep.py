@@ -60,8 +60,8 @@ help. On the linear schedule at NFE 5–10 the error grows over all rows: it is 
 family's truncation (one ε per row, q ≤ 1), which UniPC's corrector beats. Mixtures with
 tiny variances make NFE 5–10 a coin flip (one point switching mode), hence ≥ 256 points.
 Later (docs/math.md §15; the random draw below, cases won at NFE 5/10/20 of 30, against
-the recommended sampler's 16/27/30, 14/25/22 and 30/30/24 on scaled-linear, linear and
-cosine): 3-step rows with two x̂0 nodes (τ-Nyström with x̂0 linear in λ = log τ, roots on
+"dpl-ob-shift"'s 16/27/30, 14/25/22 and 30/30/24 on scaled-linear, linear and cosine;
+the recommendation before its last row was shifted too, docs/math.md §13): 3-step rows with two x̂0 nodes (τ-Nyström with x̂0 linear in λ = log τ, roots on
 the unit circle) win linear NFE 10–20 (28/27) but lose on cosine (29/18/11) and at NFE
 5–10 on scaled-linear (16/22); 4-step Milne rows with three nodes lose more (scaled-linear
 8/15 at NFE 5/10) and, even with the top step left to the start-up, on the digits network
