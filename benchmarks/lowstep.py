@@ -60,16 +60,17 @@ help. On the linear schedule at NFE 5–10 the error grows over all rows: it is 
 family's truncation (one ε per row, q ≤ 1), which UniPC's corrector beats. Mixtures with
 tiny variances make NFE 5–10 a coin flip (one point switching mode), hence ≥ 256 points.
 Later (docs/math.md §15; the random draw below, cases won at NFE 5/10/20 of 30, against
-"dpl-ob-shift"'s 16/27/30, 14/25/22 and 30/30/24 on scaled-linear, linear and cosine;
-the recommendation before its last row was shifted too, docs/math.md §13): 3-step rows with two x̂0 nodes (τ-Nyström with x̂0 linear in λ = log τ, roots on
-the unit circle) win linear NFE 10–20 (28/27) but lose on cosine (29/18/11) and at NFE
-5–10 on scaled-linear (16/22); 4-step Milne rows with three nodes lose more (scaled-linear
-8/15 at NFE 5/10) and, even with the top step left to the start-up, on the digits network
-(ODE RMSE 0.037 against 0.023 at NFE 20); a DPM-Solver++-like step plus the defect of its backward step (roots
-(ζ − 1)(ζ² + q)) loses everywhere; the start-up's trapezoid weight (½ in τ) moved to the
-λ-exact weight or to 0.4/0.6 changes at most one case except cosine NFE 20 (18 instead of
-24 with the λ weight); shifting by ¾ or 1 instead of ½ at NFE 10–30 wins only linear
-NFE 10–20 with ¾ (26/25 instead of 25/22) and ties or loses the other cells.
+"dpl-ob-shift"'s 16/27/30, 14/25/22 and 30/30/24 on scaled-linear, linear and cosine; the
+recommendation before its last row was shifted too, docs/math.md §13): 3-step rows with
+two x̂0 nodes (τ-Nyström with x̂0 linear in λ = log τ, roots on the unit circle) win
+linear NFE 10–20 (28/27) but lose on cosine (29/18/11) and at NFE 5–10 on scaled-linear
+(16/22); 4-step Milne rows with three nodes lose more (scaled-linear 8/15 at NFE 5/10)
+and, even with the top step left to the start-up, on the digits network (ODE RMSE 0.037
+against 0.023 at NFE 20); a DPM-Solver++-like step plus the defect of its backward step
+(roots (ζ − 1)(ζ² + q)) loses everywhere; the start-up's trapezoid weight (½ in τ) moved
+to the λ-exact weight or to 0.4/0.6 changes at most one case except cosine NFE 20 (18
+instead of 24 with the λ weight); shifting by ¾ or 1 instead of ½ at NFE 10–30 wins only
+linear NFE 10–20 with ¾ (26/25 instead of 25/22) and ties or loses the other cells.
 
 The peers on their own best grid laws (the issue's stretch): for each schedule and each
 of DPM++2M, UniPC and DEIS, the candidates are the grid laws diffusers itself offers for
@@ -347,7 +348,7 @@ def random_sweep(schedule, probs, nfes, n: int) -> dict:
         case = Case(data, schedule, n, seed=RANDOM_XT_SEED)
         for nfe in nfes:
             ours = case.error(_solver(schedule, "recommended", nfe).sample(case.eps, case.x_T))
-            best = min(peer_error(case, p, nfe, "linspace") for p in ("diffusers-DPM++2M", "diffusers-UniPC"))
+            best = min(peer_error(case, p, nfe, "linspace") for p in PEERS[:2])  # DPM++2M, UniPC
             out[nfe].append((ours, best))
     return out
 

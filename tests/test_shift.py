@@ -36,7 +36,7 @@ def test_every_shift_round_trips_exactly(seed, N, shift, rule, discrete, last):
     x0 = data.sample(4, seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        method = PFamily(rule, shift=shift, shift_last=last and shift > 0, s=0.0)
+        method = PFamily(rule, shift=shift, shift_last=last and shift > 0)  # moves row 1 where σ̄_1 > 0.3
         solver = Solver(sch, method=method, timesteps=t, allow_unstable=True, check_finite=False)
         latent = solver.invert(eps, x0)
         rec = solver.sample(eps, latent)
