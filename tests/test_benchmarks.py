@@ -442,6 +442,21 @@ def test_lowstep_random_table_counts_wins_and_ratios():
     assert "### A random draw of held-out mixtures (3 problems" in lowstep.render(data)
 
 
+def test_lowstep_passed_everywhere_needs_every_schedule_and_acceptance_nfe():
+    from benchmarks import lowstep
+
+    win, lose = (0.1, 0.2), (0.3, 0.2)
+    random = {"sl": {5: [win, win, lose], 10: [win, win, win], 30: [lose, lose, lose]},
+              "cos": {5: [win, lose, win], 10: [win, win, win], 30: [lose, lose, lose]}}
+    data = lowstep.LowstepData((5, 10), 4, {}, (10, 20), {}, random=random)
+    assert lowstep.passed_everywhere(data) == (1, 3, (5, 10))  # problem 0; NFE 30 is not an acceptance cell
+    assert "at NFE 5/10 (what one acceptance check asks of one mixture): **1 of 3**" in lowstep.render(data)
+    data = lowstep.LowstepData((5, 10, 30), 4, {}, (10, 20), {}, random=random)
+    assert lowstep.passed_everywhere(data) == (0, 3, (5, 10, 30))
+    data = lowstep.LowstepData((10, 20), 4, {}, (10, 20), {}, random=random)  # the draw has no NFE 20
+    assert lowstep.passed_everywhere(data) == (3, 3, (10,))
+
+
 def test_lowstep_robustness_counts_wins_medians_and_other_components():
     from benchmarks import lowstep
 
