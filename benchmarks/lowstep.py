@@ -125,6 +125,9 @@ RANDOM_BATCH = 512
 RANDOM_NFES = (5, 10, 20, 30)
 RANDOM_SEED = 1234
 RANDOM_XT_SEED = 7
+# (count, draw seed, first problem seed) of the draws behind the pass rate of docs/math.md §15:
+# the benchmark's own draw first, then three more from the same distribution
+PASS_RATE_DRAWS = ((RANDOM_COUNT, RANDOM_SEED, 500), (30, 4321, 900), (40, 8765, 1500), (40, 2468, 2100))
 
 
 def schedules():
@@ -168,12 +171,13 @@ def tuning_problems() -> dict:
     }
 
 
-def random_problems(count: int = RANDOM_COUNT, seed: int = RANDOM_SEED) -> list:
+def random_problems(count: int = RANDOM_COUNT, seed: int = RANDOM_SEED, first_problem_seed: int = 500) -> list:
     """`count` mixtures drawn from one declared distribution, the nearest stand-in for "a held-out
     problem that is not in the project": the dimension from {2, 3, 4, 6, 8, 16, 32}; with
     probability 0.3 a `default_problem`-shaped mixture of separated components, otherwise
-    `GaussianMixture.random` with 2–8 components and spread U(0.5, 3). Problem seeds 500 + j,
-    none of `problems` or `tuning_problems`."""
+    `GaussianMixture.random` with 2–8 components and spread U(0.5, 3). Problem seeds
+    `first_problem_seed` + j (500 + j for the benchmark's draw: none of `problems` or
+    `tuning_problems`)."""
     from backends.analytic import GaussianMixture, default_problem
 
     rng = np.random.default_rng(seed)
@@ -183,8 +187,9 @@ def random_problems(count: int = RANDOM_COUNT, seed: int = RANDOM_SEED) -> list:
         comps = int(rng.integers(2, 9))
         spread = float(rng.uniform(0.5, 3.0))
         separated = rng.random() < 0.3
-        out.append(default_problem((dim,), seed=500 + j) if separated
-                   else GaussianMixture.random((dim,), comps, seed=500 + j, spread=spread))
+        pseed = first_problem_seed + j
+        out.append(default_problem((dim,), seed=pseed) if separated
+                   else GaussianMixture.random((dim,), comps, seed=pseed, spread=spread))
     return out
 
 
@@ -591,16 +596,38 @@ def random_table(data: LowstepData) -> str:
     return table(["schedule", "NFE", "won", "ratio: geometric mean", "median", "worst"], rows)
 
 
-def passed_everywhere(data: LowstepData) -> tuple[int, int, tuple]:
-    """(problems of the random draw where recommended ≤ min(DPM++2M, UniPC) in every cell of
-    every schedule at the acceptance NFEs `data.nfes` the draw ran, problems, those NFEs): the
-    draw's estimate of how often one held-out mixture passes the whole acceptance check."""
-    by_schedule = list(data.random.values())
-    nfes = tuple(n for n in data.nfes if all(n in by_nfe for by_nfe in by_schedule))
+def passed_everywhere(random: dict, nfes) -> tuple[int, int, tuple]:
+    """(problems where recommended ≤ min(DPM++2M, UniPC) in every cell of every schedule at the
+    acceptance NFEs `nfes` the draw ran, problems, those NFEs), from {schedule: random_sweep(...)}:
+    the draw's estimate of how often one held-out mixture passes the whole acceptance check."""
+    by_schedule = list(random.values())
+    nfes = tuple(n for n in nfes if all(n in by_nfe for by_nfe in by_schedule))
     count = len(next(iter(by_schedule[0].values())))
     passed = sum(all(by_nfe[nfe][j][0] <= by_nfe[nfe][j][1] for by_nfe in by_schedule for nfe in nfes)
                  for j in range(count))
     return passed, count, nfes
+
+
+def pass_rate(draws=PASS_RATE_DRAWS, n: int = RANDOM_BATCH, progress: bool = True) -> str:
+    """Markdown: cells won and problems passing all acceptance cells, per draw of `draws`
+    ((count, draw seed, first problem seed) each) and in total, for `recommended` at NFES.
+    About 8 minutes on the 2-core CPU for the default 140 problems (`python -m benchmarks.lowstep`)."""
+    sweeps = []
+    for count, seed, first in draws:
+        probs = random_problems(count, seed, first)
+        if progress:
+            print(f"  lowstep: pass rate, draw seed {seed} ({count} problems)", flush=True)
+        sweeps.append({sname: random_sweep(sch, probs, NFES, n) for sname, sch in schedules().items()})
+    merged = {sname: {nfe: [pair for sw in sweeps for pair in sw[sname][nfe]] for nfe in NFES}
+              for sname in schedules()}
+    rows = []
+    for (count, seed, first), sw in list(zip(draws, sweeps)) + [(("all", "—", "—"), merged)]:
+        passed, total, _ = passed_everywhere(sw, NFES)
+        cells = [" / ".join(str(sum(o <= b for o, b in sw[sname][nfe])) for nfe in NFES) for sname in sw]
+        rows.append([f"{seed}", f"{first}", f"{total}", *cells, f"**{passed}/{total}**"])
+    head = ["draw seed", "first problem seed", "problems", *(f"{s}: won at NFE {'/'.join(map(str, NFES))}"
+                                                           for s in schedules()), "all cells"]
+    return table(head, rows)
 
 
 def latent_table(data: LowstepData) -> str:
@@ -655,7 +682,7 @@ def render(data: LowstepData) -> str:
                   "30 % separated `default_problem` shapes), x_T seed 7; won = problems where its RMSE is ≤ "
                   "min(DPM++2M, UniPC) on their default grid; ratio = its RMSE / that minimum."),
                  "", random_table(data)]
-        passed, count, nfes = passed_everywhere(data)
+        passed, count, nfes = passed_everywhere(data.random, data.nfes)
         body.append(f"\nProblems won in every cell of all {len(data.random)} schedules at NFE "
                     f"{'/'.join(map(str, nfes))} (what one acceptance check asks of one mixture): "
                     f"**{passed} of {count}**.")
@@ -697,3 +724,7 @@ def draw(data: LowstepData, fig_dir: Path) -> list:
 
 def run(quick: bool = False, fig_dir=None, progress: bool = True) -> Section:
     return compose(TITLE, lambda: compute(quick, progress), render, draw, fig_dir)
+
+
+if __name__ == "__main__":
+    print(pass_rate())

@@ -449,12 +449,44 @@ def test_lowstep_passed_everywhere_needs_every_schedule_and_acceptance_nfe():
     random = {"sl": {5: [win, win, lose], 10: [win, win, win], 30: [lose, lose, lose]},
               "cos": {5: [win, lose, win], 10: [win, win, win], 30: [lose, lose, lose]}}
     data = lowstep.LowstepData((5, 10), 4, {}, (10, 20), {}, random=random)
-    assert lowstep.passed_everywhere(data) == (1, 3, (5, 10))  # problem 0; NFE 30 is not an acceptance cell
+    # problem 0 only; NFE 30 is not an acceptance cell
+    assert lowstep.passed_everywhere(data.random, data.nfes) == (1, 3, (5, 10))
     assert "at NFE 5/10 (what one acceptance check asks of one mixture): **1 of 3**" in lowstep.render(data)
-    data = lowstep.LowstepData((5, 10, 30), 4, {}, (10, 20), {}, random=random)
-    assert lowstep.passed_everywhere(data) == (0, 3, (5, 10, 30))
-    data = lowstep.LowstepData((10, 20), 4, {}, (10, 20), {}, random=random)  # the draw has no NFE 20
-    assert lowstep.passed_everywhere(data) == (3, 3, (10,))
+    assert lowstep.passed_everywhere(random, (5, 10, 30)) == (0, 3, (5, 10, 30))
+    assert lowstep.passed_everywhere(random, (10, 20)) == (3, 3, (10,))  # the draw has no NFE 20
+
+
+def test_lowstep_pass_rate_counts_cells_and_passes_per_draw_and_in_total(monkeypatch):
+    from benchmarks import lowstep
+
+    seen = []
+
+    def fake_sweep(schedule, probs, nfes, n):
+        seen.append((schedule, len(probs), n))
+        # problem j wins every cell unless j is odd on the "b" schedule at NFE 5
+        return {nfe: [((0.3 if schedule == "b" and nfe == 5 and j % 2 else 0.1), 0.2) for j in range(len(probs))]
+                for nfe in nfes}
+
+    monkeypatch.setattr(lowstep, "schedules", lambda: {"a": "a", "b": "b"})
+    monkeypatch.setattr(lowstep, "random_sweep", fake_sweep)
+    monkeypatch.setattr(lowstep, "random_problems", lambda count, seed, first: [None] * count)
+    rows = lowstep.pass_rate(draws=((3, 11, 100), (4, 12, 200)), n=8, progress=False).splitlines()[2:]
+    cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
+    assert cells[0] == ["11", "100", "3", "3 / 3 / 3", "2 / 3 / 3", "**2/3**"]
+    assert cells[1] == ["12", "200", "4", "4 / 4 / 4", "2 / 4 / 4", "**2/4**"]
+    assert cells[2][2:] == ["7", "7 / 7 / 7", "4 / 7 / 7", "**4/7**"]  # the total row merges the draws
+    assert seen == [("a", 3, 8), ("b", 3, 8), ("a", 4, 8), ("b", 4, 8)]
+
+
+def test_lowstep_random_problems_first_seed_moves_the_draw_and_keeps_the_default():
+    from benchmarks import lowstep
+
+    default, head, other = lowstep.random_problems(), lowstep.random_problems(3, lowstep.RANDOM_SEED, 500), \
+        lowstep.random_problems(3, lowstep.RANDOM_SEED, 900)
+    assert all(np.array_equal(a.means, b.means) for a, b in zip(head, default[:3]))
+    assert all(a.means.shape == b.means.shape for a, b in zip(head, other))  # same shapes from the draw seed
+    assert not any(np.allclose(a.means, b.means) for a, b in zip(head, other))
+    assert lowstep.PASS_RATE_DRAWS[0] == (lowstep.RANDOM_COUNT, lowstep.RANDOM_SEED, 500)
 
 
 def test_lowstep_robustness_counts_wins_medians_and_other_components():
