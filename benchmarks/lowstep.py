@@ -125,9 +125,11 @@ RANDOM_BATCH = 512
 RANDOM_NFES = (5, 10, 20, 30)
 RANDOM_SEED = 1234
 RANDOM_XT_SEED = 7
+RANDOM_FIRST_PROBLEM_SEED = 500  # problem seeds 500 + j: none of `problems` or `tuning_problems`
 # (count, draw seed, first problem seed) of the draws behind the pass rate of docs/math.md §15:
 # the benchmark's own draw first, then three more from the same distribution
-PASS_RATE_DRAWS = ((RANDOM_COUNT, RANDOM_SEED, 500), (30, 4321, 900), (40, 8765, 1500), (40, 2468, 2100))
+PASS_RATE_DRAWS = ((RANDOM_COUNT, RANDOM_SEED, RANDOM_FIRST_PROBLEM_SEED), (30, 4321, 900), (40, 8765, 1500),
+                   (40, 2468, 2100))
 
 
 def schedules():
@@ -171,13 +173,13 @@ def tuning_problems() -> dict:
     }
 
 
-def random_problems(count: int = RANDOM_COUNT, seed: int = RANDOM_SEED, first_problem_seed: int = 500) -> list:
+def random_problems(count: int = RANDOM_COUNT, seed: int = RANDOM_SEED,
+                    first_problem_seed: int = RANDOM_FIRST_PROBLEM_SEED) -> list:
     """`count` mixtures drawn from one declared distribution, the nearest stand-in for "a held-out
     problem that is not in the project": the dimension from {2, 3, 4, 6, 8, 16, 32}; with
     probability 0.3 a `default_problem`-shaped mixture of separated components, otherwise
     `GaussianMixture.random` with 2–8 components and spread U(0.5, 3). Problem seeds
-    `first_problem_seed` + j (500 + j for the benchmark's draw: none of `problems` or
-    `tuning_problems`)."""
+    `first_problem_seed` + j."""
     from backends.analytic import GaussianMixture, default_problem
 
     rng = np.random.default_rng(seed)
@@ -583,6 +585,11 @@ def robustness_table(data: LowstepData) -> str:
     return table(["schedule", "NFE"] + heads, rows)
 
 
+def cases_won(pairs) -> int:
+    """How many (recommended RMSE, min(DPM++2M, UniPC) RMSE) pairs of a random sweep cell ours wins (≤)."""
+    return int(sum(ours <= best for ours, best in pairs))
+
+
 def random_table(data: LowstepData) -> str:
     """Per schedule and NFE: problems where recommended ≤ min(DPM++2M, UniPC), and the
     geometric-mean, median and worst ratio recommended / min(DPM++2M, UniPC)."""
@@ -590,8 +597,7 @@ def random_table(data: LowstepData) -> str:
     for sname, by_nfe in data.random.items():
         for nfe, pairs in by_nfe.items():
             ratio = np.array([ours / best for ours, best in pairs])
-            won = int(sum(ours <= best for ours, best in pairs))
-            rows.append([sname, nfe, f"**{won}/{len(pairs)}**", geo_mean(ratio), float(np.median(ratio)),
+            rows.append([sname, nfe, f"**{cases_won(pairs)}/{len(pairs)}**", geo_mean(ratio), float(np.median(ratio)),
                          float(ratio.max())])
     return table(["schedule", "NFE", "won", "ratio: geometric mean", "median", "worst"], rows)
 
@@ -612,21 +618,22 @@ def pass_rate(draws=PASS_RATE_DRAWS, n: int = RANDOM_BATCH, progress: bool = Tru
     """Markdown: cells won and problems passing all acceptance cells, per draw of `draws`
     ((count, draw seed, first problem seed) each) and in total, for `recommended` at NFES.
     About 8 minutes on the 2-core CPU for the default 140 problems (`python -m benchmarks.lowstep`)."""
+    scheds = schedules()
     sweeps = []
     for count, seed, first in draws:
         probs = random_problems(count, seed, first)
         if progress:
             print(f"  lowstep: pass rate, draw seed {seed} ({count} problems)", flush=True)
-        sweeps.append({sname: random_sweep(sch, probs, NFES, n) for sname, sch in schedules().items()})
-    merged = {sname: {nfe: [pair for sw in sweeps for pair in sw[sname][nfe]] for nfe in NFES}
-              for sname in schedules()}
+        sweeps.append({sname: random_sweep(sch, probs, NFES, n) for sname, sch in scheds.items()})
+    merged = {sname: {nfe: [pair for sw in sweeps for pair in sw[sname][nfe]] for nfe in NFES} for sname in scheds}
+    labels = [(str(seed), str(first)) for _, seed, first in draws] + [("—", "—")]
     rows = []
-    for (count, seed, first), sw in list(zip(draws, sweeps)) + [(("all", "—", "—"), merged)]:
+    for (seed, first), sw in zip(labels, sweeps + [merged]):
         passed, total, _ = passed_everywhere(sw, NFES)
-        cells = [" / ".join(str(sum(o <= b for o, b in sw[sname][nfe])) for nfe in NFES) for sname in sw]
-        rows.append([f"{seed}", f"{first}", f"{total}", *cells, f"**{passed}/{total}**"])
-    head = ["draw seed", "first problem seed", "problems", *(f"{s}: won at NFE {'/'.join(map(str, NFES))}"
-                                                           for s in schedules()), "all cells"]
+        cells = [" / ".join(str(cases_won(sw[sname][nfe])) for nfe in NFES) for sname in scheds]
+        rows.append([seed, first, str(total), *cells, f"**{passed}/{total}**"])
+    head = ["draw seed", "first problem seed", "problems",
+            *(f"{s}: won at NFE {'/'.join(map(str, NFES))}" for s in scheds), "all cells"]
     return table(head, rows)
 
 

@@ -481,12 +481,13 @@ def test_lowstep_pass_rate_counts_cells_and_passes_per_draw_and_in_total(monkeyp
 def test_lowstep_random_problems_first_seed_moves_the_draw_and_keeps_the_default():
     from benchmarks import lowstep
 
-    default, head, other = lowstep.random_problems(), lowstep.random_problems(3, lowstep.RANDOM_SEED, 500), \
-        lowstep.random_problems(3, lowstep.RANDOM_SEED, 900)
+    default = lowstep.random_problems()
+    head = lowstep.random_problems(3, lowstep.RANDOM_SEED, lowstep.RANDOM_FIRST_PROBLEM_SEED)
+    other = lowstep.random_problems(3, lowstep.RANDOM_SEED, 900)
     assert all(np.array_equal(a.means, b.means) for a, b in zip(head, default[:3]))
     assert all(a.means.shape == b.means.shape for a, b in zip(head, other))  # same shapes from the draw seed
     assert not any(np.allclose(a.means, b.means) for a, b in zip(head, other))
-    assert lowstep.PASS_RATE_DRAWS[0] == (lowstep.RANDOM_COUNT, lowstep.RANDOM_SEED, 500)
+    assert lowstep.PASS_RATE_DRAWS[0] == (lowstep.RANDOM_COUNT, lowstep.RANDOM_SEED, 500)  # the benchmark's draw
 
 
 def test_lowstep_robustness_counts_wins_medians_and_other_components():
