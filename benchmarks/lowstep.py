@@ -733,5 +733,21 @@ def run(quick: bool = False, fig_dir=None, progress: bool = True) -> Section:
     return compose(TITLE, lambda: compute(quick, progress), render, draw, fig_dir)
 
 
+def main(argv=None) -> str:
+    """`python -m benchmarks.lowstep [--points N]`: print `pass_rate` with N points per mixture
+    (default RANDOM_BATCH = 512; the pass rate's time grows about linearly with N)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.lowstep", description=pass_rate.__doc__)
+    parser.add_argument("--points", type=int, default=RANDOM_BATCH,
+                        help=f"points (x_T draws) per mixture and schedule (default {RANDOM_BATCH})")
+    args = parser.parse_args(argv)
+    if args.points < 1:
+        parser.error(f"--points must be a positive integer, got {args.points}")
+    out = pass_rate(n=args.points)
+    print(out)
+    return out
+
+
 if __name__ == "__main__":
-    print(pass_rate())
+    main()

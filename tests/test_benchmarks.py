@@ -478,6 +478,19 @@ def test_lowstep_pass_rate_counts_cells_and_passes_per_draw_and_in_total(monkeyp
     assert seen == [("a", 3, 8), ("b", 3, 8), ("a", 4, 8), ("b", 4, 8)]
 
 
+def test_lowstep_main_passes_points_to_pass_rate_and_refuses_non_positive(monkeypatch, capsys):
+    from benchmarks import lowstep
+
+    seen = []
+    monkeypatch.setattr(lowstep, "pass_rate", lambda n: seen.append(n) or f"table at {n}")
+    assert lowstep.main(["--points", "2048"]) == "table at 2048"
+    assert lowstep.main([]) == f"table at {lowstep.RANDOM_BATCH}"
+    assert seen == [2048, lowstep.RANDOM_BATCH]
+    with pytest.raises(SystemExit):
+        lowstep.main(["--points", "0"])
+    assert "--points must be a positive integer, got 0" in capsys.readouterr().err
+
+
 def test_lowstep_random_problems_first_seed_moves_the_draw_and_keeps_the_default():
     from benchmarks import lowstep
 
