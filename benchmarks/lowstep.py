@@ -78,8 +78,8 @@ slope: 7.90/1.18/2.01); a shift fraction graded in σ̄ won on the problems it w
 and not on 40 fresh ones (docs/math.md §15). With 2048 points per mixture instead of 512
 (`python -m benchmarks.lowstep --points 2048`) the recommended sampler passes all nine cells
 on 53 of the 140 (linear NFE 20: 88 instead of 106 cells): the cells are lost to a few points
-near a separatrix that end in another component, while its median point stays 2–5× more
-accurate than UniPC's.
+near a separatrix that end in another component, while its median point stays 1.6–5×
+more accurate than UniPC's.
 
 The peers on their own best grid laws (the issue's stretch): for each schedule and each
 of DPM++2M, UniPC and DEIS, the candidates are the grid laws diffusers itself offers for
