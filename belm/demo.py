@@ -18,7 +18,7 @@ from backends.analytic import AnalyticEps, default_problem
 from belm_core import AmplificationWarning, DiscreteVP, Solver, get_method, recommended
 
 SCHEDULES = {"sd": DiscreteVP.scaled_linear, "ddpm": DiscreteVP.linear, "cosine": DiscreteVP.cosine}
-#: "recommended" is `belm_core.recommended(schedule, N)`: dpl-ob-shift-last on the trailing grid with the
+#: "recommended" is `belm_core.recommended(schedule, N)`: dpl-ob-traj on the trailing grid with the
 #: predictor–corrector start (its own spacing, whatever --spacing says)
 DEFAULT_METHODS = ("ddim", "bdia", "edict", "o-belm", "recommended")
 

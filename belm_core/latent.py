@@ -187,8 +187,11 @@ def check_for(latent: Latent, method: Method, grid: Grid) -> int:
             "this Latent was made on a different time grid (schedule, steps, spacing or timesteps); "
             "sample with the solver that inverted it"
         )
-    if len(latent.states) != method.k:
-        raise ValueError(f"latent.states has {len(latent.states)} state(s); {sig} needs {method.k}, noisiest first")
+    if len(latent.states) != method.latent_size:
+        raise ValueError(
+            f"latent.states has {len(latent.states)} array(s); {sig} needs {method.latent_size}, noisiest first"
+            + ("" if method.latent_size == method.k else f" ({method.k} states, then its register)")
+        )
     index = grid.N if latent.index is None else latent.index
     low = max(1, method.k - 1)
     if not low <= index <= grid.N:

@@ -3,19 +3,25 @@
     solver = Solver(schedule, steps=N, **recommended(schedule, N))
 
 For discrete VP schedules (DDPM "linear", SD "scaled_linear", "cosine"), at every N ≥ 2:
-the exact "dpl-ob-shift-last" p-family member (dpl-ob, docs/math.md §12, with x̂0 read at
-the half-way shifted noise level, §13, on every row, the last one included when σ̄_1 > s),
-the predictor–corrector start-up and diffusers' "trailing" spacing, whose grid starts at
-the noisiest model time T − 1 like DPM-Solver++ and UniPC do. It makes exactly N model
-calls, calls the model at training timesteps only, and its inverted latents converge to
-the exact ODE inversion as N grows. Evidence: benchmarks/lowstep.py (RESULTS.md, "Low-step
-accuracy"): the shift raised the cells at or below the better of DPM-Solver++(2M) and
-UniPC from 64–69 to 79–84 of 99 (11 held-out mixtures × 3 schedules × NFE 5/10/20, 256
-points, three x_T seeds) and lowered the digits network's Fréchet distance at NFE 5/10;
-shifting the last row as well (it moves only where σ̄_1 > s: N ≤ 12, 11 and 5 on
-scaled-linear, linear and cosine) wins more cases at NFE 5 and 10 and brings the digits
-network 5–18 % closer to its ODE solution at NFE 4–10 (its Fréchet distance: better at NFE
-5, 0.02–0.06 worse at 4 and 6; docs/math.md §13). No per-N tuning of the grid, p rule or
+"dpl-ob-traj" (`belm_core.methods.trajectory`, docs/math.md §16), the predictor–corrector
+start-up and diffusers' "trailing" spacing, whose grid starts at the noisiest model time
+T − 1 like DPM-Solver++ and UniPC do. Its rows are the exact p-family member dpl-ob
+(docs/math.md §12); the DPL rows with σ̄_{i+1}/σ̄_{i−1} < 6 read x̂0 on the trajectory ahead,
+at a state extrapolated with a velocity register that travels in the latent (so its Latent
+holds three arrays), and the other rows read x̂0 at §13's half-way shifted level, the last
+one included when σ̄_1 > s ("dpl-ob-shift-last", the previous recommendation). It makes
+exactly N model calls, calls the model at training timesteps only, and its inverted
+latents converge to the exact ODE inversion as N grows (2–10× closer than
+"dpl-ob-shift-last"'s at N = 20–50). Evidence: benchmarks/lowstep.py (RESULTS.md, "Low-step
+accuracy") and docs/math.md §16: on 140 random held-out mixtures it is at or below the better
+of DPM-Solver++(2M) and UniPC in all nine cells (three schedules × NFE 5/10/20) on 71 of
+140 against 62 for "dpl-ob-shift-last", the gain at NFE 10–20 (NFE 5 is unchanged: its rows
+are too coarse to read on the trajectory); on the digits network it is stable at every N
+and has the same Fréchet distance at NFE 4–5, within ±0.03 at 6–50. Earlier evidence for
+the shifted rows it keeps: the shift raised the cells from 64–69 to 79–84 of 99 and
+lowered the digits network's Fréchet distance at NFE 5/10; shifting the last row as well
+(it moves only where σ̄_1 > s: N ≤ 12, 11 and 5 on scaled-linear, linear and cosine) wins
+more cases at NFE 5 and 10 (docs/math.md §13). No per-N tuning of the grid, p rule or
 start-up paid off (the look-ahead start, docs/math.md §13, wins mixtures at NFE 5–8 but
 loses on the digits network at NFE 4, 6 and 10, so the plain predictor–corrector start
 stays).
@@ -64,4 +70,4 @@ def recommended(schedule: NoiseSchedule, steps: int) -> dict[str, Any]:
         )
     if isinstance(schedule, FlowMatch):
         return {"method": "o-belm", "startup": "pc"}
-    return {"method": "dpl-ob-shift-last", "spacing": "trailing", "startup": "pc"}
+    return {"method": "dpl-ob-traj", "spacing": "trailing", "startup": "pc"}

@@ -28,6 +28,32 @@ def irregular_timesteps(schedule, N: int, seed: int = 0, jitter: float = 0.3) ->
     return schedule.t_from_sigma_bar(np.exp(-lam))
 
 
+def random_schedule_grid(seed: int, N: int, discrete: bool, discrete_schedule=None):
+    """(schedule, N model times noisiest first, a held-out 3-D mixture, its ε, 4 data points)
+    for round-trip property tests: distinct training timesteps of `discrete_schedule`
+    (default DDPM linear) or uniform times of a continuous LinearVP."""
+    from belm_core import DiscreteVP, LinearVP
+
+    rng = np.random.default_rng(seed)
+    if discrete:
+        sch = discrete_schedule or DiscreteVP.linear()
+        t = np.sort(rng.choice(np.arange(1, 1000), N, replace=False))[::-1]
+    else:
+        sch = LinearVP()
+        t = np.sort(rng.uniform(sch.t_min, sch.t_max, N))[::-1]
+    data = held_out_mixture((3,), seed=seed % 5)
+    return sch, t, data, AnalyticEps(data, sch), data.sample(4, seed=seed)
+
+
+def assert_exact_p_family_round_trip(solver, latent, rec, x0, N: int) -> None:
+    """rec == x0 to rounding, scaled by the p-family's round-off amplification Π max(|p|, 1/|p|)
+    and the latent's size; grids whose amplification exceeds 1e6 are not judged."""
+    p = np.abs(solver.method.p(solver.grid)[1:-1])
+    scale = float(np.prod(np.maximum(p, 1 / p))) * float(np.max(np.abs(latent.states[0])) + 1)
+    if scale < 1e6:
+        assert np.max(np.abs(rec - x0)) <= 1e-10 * scale * N
+
+
 def rows_of(markdown: str) -> dict[str, list[str]]:
     """{first cell: other cells} of every body row of the markdown tables in `markdown`."""
     out = {}
@@ -66,4 +92,4 @@ class Spy:
         return self.f(x, t)
 
 
-__all__ = ["AnalyticEps", "Count", "Spy", "held_out_mixture", "irregular_timesteps", "mse", "empirical_order", "rows_of"]
+__all__ = ["AnalyticEps", "Count", "Spy", "held_out_mixture", "random_schedule_grid", "assert_exact_p_family_round_trip", "irregular_timesteps", "mse", "empirical_order", "rows_of"]

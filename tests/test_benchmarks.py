@@ -507,13 +507,13 @@ def test_lowstep_robustness_counts_wins_medians_and_other_components():
     from benchmarks import lowstep
 
     def case(ours, dpm, unipc, other):
-        pts = {"recommended": ours, "dpl-ob (trailing)": ours * 3, "diffusers-DPM++2M": dpm, "diffusers-UniPC": unipc}
+        pts = {"recommended": ours, "dpl-ob-shift-last (trailing)": ours * 3, "diffusers-DPM++2M": dpm, "diffusers-UniPC": unipc}
         return {m: {5: (np.full(4, v), np.arange(4) < other)} for m, v in pts.items()}
 
     sweeps = {("sl", "a", 0): case(0.1, 0.3, 0.2, 1), ("sl", "a", 1): case(0.3, 0.3, 0.2, 2)}
     r = lowstep.robustness(sweeps, (5,))[("sl", 5)]
     assert r["recommended"] == {"won": 1, "cases": 2, "other": 3, "median": pytest.approx(0.2), "points": 8}
-    assert r["dpl-ob (trailing)"]["won"] == 0 and r["diffusers-UniPC"]["median"] == pytest.approx(0.2)
+    assert r["dpl-ob-shift-last (trailing)"]["won"] == 0 and r["diffusers-UniPC"]["median"] == pytest.approx(0.2)
 
 
 def test_digits_sample_quality_runs_recommended_on_its_own_grid(monkeypatch):
@@ -540,7 +540,7 @@ def test_digits_sample_quality_runs_recommended_on_its_own_grid(monkeypatch):
     monkeypatch.setattr(Solver, "__init__", spy_init)
     res, samples = sample_quality(unet, schedule, Judge(), (3, 6), 4, ("recommended", "o-belm"), (), progress=False)
     assert set(res) == {("recommended", 3), ("recommended", 6), ("o-belm", 3), ("o-belm", 6)}
-    rec = [s for s in seen if s.method.signature() == "dpl-ob-shift-last"]
+    rec = [s for s in seen if s.method.signature() == "dpl-ob-traj"]
     assert [s.steps for s in rec] == [3, 6] and all(s.startup == "pc" for s in rec)
     for s in rec:  # recommended's own grid, not linspace
         want = Solver(schedule, steps=s.steps, **recommended(schedule, s.steps))

@@ -15,9 +15,10 @@ from .ddim import DDIM
 from .edict import EDICT
 from .obelm import OBELM
 from .pfamily import PFamily
+from .trajectory import TrajectoryReading
 
 __all__ = ["Method", "LinearMultistep", "Carry", "Stability", "DDIM", "BDIA", "EDICT", "OBELM", "BELM",
-           "PFamily", "METHODS", "get_method"]
+           "PFamily", "TrajectoryReading", "METHODS", "get_method"]
 
 #: name → factory with the default parameters
 METHODS: dict[str, Callable[[], Method]] = {
@@ -28,7 +29,8 @@ METHODS: dict[str, Callable[[], Method]] = {
     "belm3": BELM.stable,
     "dpl-ob": PFamily,  # rule="dpl-ob", s=0.3
     "dpl-ob-shift": PFamily.shifted,  # rule="dpl-ob", shift=0.5
-    "dpl-ob-shift-last": PFamily.shifted_last,  # and the last row shifted (the recommended sampler)
+    "dpl-ob-shift-last": PFamily.shifted_last,  # and the last row shifted
+    "dpl-ob-traj": TrajectoryReading,  # fine rows read x̂0 on the trajectory (the recommended sampler)
 }
 
 

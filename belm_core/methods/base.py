@@ -57,11 +57,14 @@ class Carry:
     xs: states in ascending grid index, in both directions: xs[j] sits at index + j
         (linear multistep); EDICT's pair (x, y) both sit at `index`.
     eps: eps[j] is ε(xs[j]) at xs[j]'s own model time, or None where not evaluated.
+    aux: what else a method carries between steps (the register of "dpl-ob-traj",
+        `belm_core.methods.trajectory`), or None.
     """
 
     index: int
     xs: tuple
     eps: tuple = ()
+    aux: Any = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,6 +142,11 @@ class Method(ABC):
     nfe_per_step: int = 1
     #: sample(invert(x_0)) == x_0 up to rounding
     exact: bool = True
+
+    @property
+    def latent_size(self) -> int:
+        """Number of arrays in an inverted Latent: the k states, plus any register."""
+        return self.k
 
     @property
     def min_steps(self) -> int:

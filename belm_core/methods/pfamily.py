@@ -32,7 +32,8 @@ of x_i alone, so still exact, and with f = 1 exact on one more shape on any p. "
 Its last row keeps σ̄*_1 = σ̄_1 (O-BELM's p_1 is already exact on the shape x̂0 = a − cσ̄²).
 `shift_last=True` moves that row too when σ̄_1 > s, to where x̂0 linear in σ̄ wants it
 (about 0.93 σ̄_1 with f = ½ on a trailing grid): "dpl-ob-shift-last" (registered;
-`PFamily.shifted_last()`), the sampler `belm_core.recommended` returns. One row with an
+`PFamily.shifted_last()`), the rows of "dpl-ob-traj" (`belm_core.methods.trajectory`) that
+do not read on the trajectory, and the recommended sampler before it. One row with an
 O(h_1²) local error, so still order 2.
 
 DPL's rows are neutral in the stiff directions (q_i = 1, see `stiff_ratio`), as the
