@@ -58,7 +58,8 @@ class LatentMetadataWarning(UserWarning):
 class Latent:
     """The states exact reconstruction needs, noisiest first.
 
-    `(x_T, x_{T−1})` for 2-step methods, `(x, y)` for EDICT, `(x_T,)` for DDIM.
+    `(x_T, x_{T−1})` for 2-step methods, `(x_T, x_{T−1}, w_T)` for "dpl-ob-traj" (w: its
+    velocity register, docs/math.md §16), `(x, y)` for EDICT, `(x_T,)` for DDIM.
 
     Attributes:
         states: tuple of floating arrays (float64/32/16, or bfloat16 torch tensors), all
