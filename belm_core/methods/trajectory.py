@@ -38,7 +38,7 @@ O(h²) on smoothly graded grids). ε-prediction only, like the evaluation shift.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -61,7 +61,7 @@ class ReadingPlan(MultistepPlan):
     """A p-family plan plus, for the rows that read on the trajectory, their model level:
     `reading[i] = (t_m, α_m/s_i, σ̄_m)`."""
 
-    reading: dict | None = None
+    reading: dict = field(default_factory=dict)
 
 
 class TrajectoryReading(PFamily):
@@ -117,6 +117,16 @@ class TrajectoryReading(PFamily):
         return recurrence.linear_combination([1.0 / (float(grid.scale[i]) * h), -1.0 / (float(grid.scale[i - 1]) * h)],
                                              [x_hi, x_lo])
 
+    @classmethod
+    def register_start(cls, grid: Grid, i: int, x_lo: Any, x_hi: Any) -> Any:
+        """The register's first value, E_i/2 (its smooth part for a constant velocity)."""
+        return 0.5 * cls.secant(grid, i, x_lo, x_hi)
+
+    @classmethod
+    def register_next(cls, grid: Grid, i: int, x_lo: Any, x_hi: Any, w: Any) -> Any:
+        """E_i − w: w_i from w_{i+1} (sampling) and w_{i+1} from w_i (inversion) alike."""
+        return recurrence.linear_combination([1.0, -1.0], [cls.secant(grid, i, x_lo, x_hi), w])
+
     def _read(self, plan: ReadingPlan, evaluate: Evaluate, i: int, x_i: Any, w: Any) -> Any:
         """ε̂_i read at P̄_i = x̄_i + (σ̄_m − σ̄_i)·2w on the trajectory (module docstring)."""
         t_m, kappa, sb_m = plan.reading[i]
@@ -138,20 +148,19 @@ class TrajectoryReading(PFamily):
         i, g = carry.index, plan.grid
         w = carry.aux  # w_{i+1}
         if w is None:
-            w = 0.5 * self.secant(g, i + 1, carry.xs[0], carry.xs[1])
+            w = self.register_start(g, i + 1, carry.xs[0], carry.xs[1])
         if carry.eps[0] is None and i in plan.reading:
             carry = replace(carry, eps=(evaluate.own(self._read(plan, evaluate, i, carry.xs[0], w)), *carry.eps[1:]))
         new = super().step(plan, carry, evaluate)  # x_{i−1}
-        return replace(new, aux=recurrence.linear_combination([1.0, -1.0], [self.secant(g, i, new.xs[0], new.xs[1]), w]))
+        return replace(new, aux=self.register_next(g, i, new.xs[0], new.xs[1], w))
 
     # -- inversion -----------------------------------------------------------------------------
     def inverse_step(self, plan: ReadingPlan, carry: Carry, evaluate: Evaluate) -> Carry:
         if len(carry.xs) < 2:  # DDIM inversion x_0 → x_1; the register starts at E_1/2
             new = super().inverse_step(plan, carry, evaluate)
-            return replace(new, aux=0.5 * self.secant(plan.grid, 1, new.xs[0], new.xs[1]))
+            return replace(new, aux=self.register_start(plan.grid, 1, new.xs[0], new.xs[1]))
         i, g = carry.index + 1, plan.grid  # the row whose far end x_{i+1} is computed
-        E = self.secant(g, i, carry.xs[0], carry.xs[1])
-        w = recurrence.linear_combination([1.0, -1.0], [E, carry.aux])  # w_{i+1}
+        w = self.register_next(g, i, carry.xs[0], carry.xs[1], carry.aux)  # w_{i+1}
         if i in plan.reading:
             carry = replace(carry, eps=(*carry.eps[:-1], evaluate.own(self._read(plan, evaluate, i, carry.xs[1], w))))
         new = super().inverse_step(plan, carry, evaluate)
