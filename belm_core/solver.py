@@ -51,7 +51,7 @@ from .checks import is_bool, is_index, is_real
 from .grid import End, Grid, make_grid
 from .latent import Latent, LatentMetadataWarning, check_for as check_latent
 from .methods import Carry, LinearMultistep, Method, get_method
-from .methods.pc_start import lookahead_start, pc_start
+from .methods.pc_start import lookahead_start, pc_start, shifted_pc_start
 from .schedules import NoiseSchedule, Prediction, Spacing
 
 __all__ = [
@@ -61,10 +61,13 @@ __all__ = [
 EpsFn = Callable[[Any, Any], Any]
 #: how sampling from a lone x_N builds the first step: the paper's DDIM step ("ddim"), the
 #: predictor–corrector step of `belm_core.methods.pc_start` ("pc") or its variant whose
-#: corrector node is the level a shifted method's first row reads ("lookahead"); none costs
-#: an extra call
-Startup = Literal["ddim", "pc", "lookahead"]
-STARTUPS = {"ddim": None, "pc": pc_start, "lookahead": lookahead_start}
+#: corrector node is the level a shifted method's first row reads ("lookahead") or whose
+#: corrector reads the predictor as a shifted method's first row reads its state
+#: ("pc-shift"); none costs an extra call
+Startup = Literal["ddim", "pc", "lookahead", "pc-shift"]
+STARTUPS = {"ddim": None, "pc": pc_start, "lookahead": lookahead_start, "pc-shift": shifted_pc_start}
+#: the start-ups that read the model where a shifted method's first row does
+SHIFTED_STARTUPS = ("lookahead", "pc-shift")
 Callback = Callable[[dict], None]
 
 #: keys of the dict a callback receives
@@ -110,7 +113,10 @@ class Solver:
             either way; inversion and sampling from a Latent never use it, so it changes
             neither exactness nor the Latent. "lookahead": the "pc" step with its corrector
             evaluated at the noise level the method's first row reads x̂0 (methods with an
-            evaluation shift, e.g. "dpl-ob-shift"; docs/math.md §13).
+            evaluation shift, e.g. "dpl-ob-shift"; docs/math.md §13). "pc-shift": the "pc"
+            step whose corrector reads the predictor as the method's first row reads its
+            state, at that row's shifted level (methods with an evaluation shift;
+            docs/math.md §18).
 
     Flow grids with diffusers' options: `Solver(FlowMatch(shift=3.0), steps=28)`, or
     `Solver(schedule, timesteps=schedule.timesteps(28, mu=..., sigmas=...))`.
@@ -183,9 +189,9 @@ class Solver:
         self.check_finite = bool(check_finite)
         self.amplification_tol = float(amplification_tol)
         self._plan = self.method.prepare(self.grid)
-        if startup == "lookahead" and getattr(self._plan, "shift", None) is None:
+        if startup in SHIFTED_STARTUPS and getattr(self._plan, "shift", None) is None:
             raise ValueError(
-                f"startup='lookahead' evaluates the start-up where a shifted method's first row reads x̂0; "
+                f"startup={startup!r} evaluates the start-up where a shifted method's first row reads x̂0; "
                 f"{self.method.signature()} on this grid has no evaluation shift: use a shifted p-family member "
                 "(e.g. 'dpl-ob-shift', ε-prediction) or startup='pc'"
             )

@@ -470,11 +470,17 @@ def test_lowstep_pass_rate_counts_cells_and_passes_per_draw_and_in_total(monkeyp
     monkeypatch.setattr(lowstep, "schedules", lambda: {"a": "a", "b": "b"})
     monkeypatch.setattr(lowstep, "random_sweep", fake_sweep)
     monkeypatch.setattr(lowstep, "random_problems", lambda count, seed, first: [None] * count)
+    # problems 0 and 1 of each draw are the separated ones
+    monkeypatch.setattr(lowstep, "random_specs", lambda count, seed, first: [
+        lowstep.RandomSpec(2, 3, 1.0, j < 2, first + j) for j in range(count)])
     rows = lowstep.pass_rate(draws=((3, 11, 100), (4, 12, 200)), n=8, progress=False).splitlines()[2:]
     cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
     assert cells[0] == ["11", "100", "3", "3 / 3 / 3", "2 / 3 / 3", "**2/3**"]
     assert cells[1] == ["12", "200", "4", "4 / 4 / 4", "2 / 4 / 4", "**2/4**"]
     assert cells[2][2:] == ["7", "7 / 7 / 7", "4 / 7 / 7", "**4/7**"]  # the total row merges the draws
+    # split: separated j = 0, 1 of both draws (j = 1 loses), the others j = 2 (wins) and 3 (loses)
+    assert cells[3] == ["separated only", "—", "4", "4 / 4 / 4", "2 / 4 / 4", "**2/4**"]
+    assert cells[4] == ["the others", "—", "3", "3 / 3 / 3", "2 / 3 / 3", "**2/3**"]
     assert seen == [("a", 3, 8), ("b", 3, 8), ("a", 4, 8), ("b", 4, 8)]
 
 
@@ -494,6 +500,10 @@ def test_lowstep_main_passes_points_to_pass_rate_and_refuses_non_positive(monkey
 def test_lowstep_random_problems_first_seed_moves_the_draw_and_keeps_the_default():
     from benchmarks import lowstep
 
+    specs = lowstep.random_specs()
+    assert 0 < sum(sp.separated for sp in specs) < len(specs)
+    for sp, mix in zip(specs, lowstep.random_problems()):  # the specs are the draws the problems come from
+        assert mix.means.shape[1:] == (sp.dim,) and len(mix.weights) == (5 if sp.separated else sp.components)
     default = lowstep.random_problems()
     head = lowstep.random_problems(3, lowstep.RANDOM_SEED, lowstep.RANDOM_FIRST_PROBLEM_SEED)
     other = lowstep.random_problems(3, lowstep.RANDOM_SEED, 900)

@@ -1,4 +1,5 @@
-"""The look-ahead start-up (belm_core.methods.pc_start, startup="lookahead", docs/math.md §13).
+"""The look-ahead start-up (belm_core.methods.pc_start, startup="lookahead", docs/math.md §13),
+and what it shares with the shifted-corrector start (startup="pc-shift", tests/test_shifted_start.py).
 
 Oracles: the model's calls (count, times, the state it sees) against the formulas; the
 quadrature is exact when x̂0 is linear in τ = 1/σ̄ (a closed-form trajectory); the error
@@ -86,11 +87,12 @@ def test_the_first_shifted_row_lands_closer_to_the_ode_solution(kind, N):
         assert err["lookahead"] < 0.8 * err["pc"], (seed, err)
 
 
-def test_inversion_and_latents_are_untouched_and_short_grids_fall_back():
+@pytest.mark.parametrize("startup", ["lookahead", "pc-shift"])
+def test_inversion_and_latents_are_untouched_and_unshifted_rows_fall_back(startup):
     sch = DiscreteVP.linear()
     data = held_out_mixture((4,), seed=6)
     eps = AnalyticEps(data, sch)
-    la, pc = solver(sch, 12), solver(sch, 12, "pc")
+    la, pc = solver(sch, 12, startup), solver(sch, 12, "pc")
     x0 = data.sample(6, seed=1)
     lat_la, lat_pc = la.invert(eps, x0), pc.invert(eps, x0)
     assert lat_la.method == lat_pc.method == "dpl-ob-shift"
@@ -101,36 +103,49 @@ def test_inversion_and_latents_are_untouched_and_short_grids_fall_back():
     assert np.mean((rec - x0) ** 2) <= 1e-20
     x_T = np.random.default_rng(2).normal(size=(6, 4))
     assert not np.array_equal(la.sample(eps, x_T), pc.sample(eps, x_T))
-    # N = 2 (row N−1 is row 1) and a shift too small to move t_{N−1}: the plain step, bit for bit
-    np.testing.assert_array_equal(solver(sch, 2).sample(eps, x_T), solver(sch, 2, "pc").sample(eps, x_T))
+    # a shift too small to move t_{N−1}: the plain step, bit for bit
     tiny = PFamily("dpl-ob", shift=1e-9)
     f = Count(eps)
-    out = Solver(sch, steps=12, method=tiny, spacing="trailing", startup="lookahead").sample(f, x_T)
+    out = Solver(sch, steps=12, method=tiny, spacing="trailing", startup=startup).sample(f, x_T)
     assert f.n == 12
     np.testing.assert_array_equal(out, Solver(sch, steps=12, method=tiny, spacing="trailing", startup="pc").sample(eps, x_T))
 
 
-def test_torch_states_give_the_numpy_result():
+def test_lookahead_on_two_steps_is_the_plain_step():
+    # N = 2: row N−1 is row 1, and the look-ahead has no level to go to
+    sch = DiscreteVP.linear()
+    eps = AnalyticEps(held_out_mixture((4,), seed=6), sch)
+    x_T = np.random.default_rng(2).normal(size=(6, 4))
+    np.testing.assert_array_equal(solver(sch, 2).sample(eps, x_T), solver(sch, 2, "pc").sample(eps, x_T))
+
+
+@pytest.mark.parametrize("startup", ["lookahead", "pc-shift"])
+def test_torch_states_give_the_numpy_result(startup):
     sch = DiscreteVP.scaled_linear()
     data = held_out_mixture((4,), seed=2)
     eps = AnalyticEps(data, sch)
     x_T = np.random.default_rng(4).normal(size=(6, 4))
-    s = solver(sch, 7)
+    s = solver(sch, 7, startup)
     out = s.sample(lambda x, t: torch.from_numpy(eps(x.numpy(), t)), torch.from_numpy(x_T))
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float64
     np.testing.assert_allclose(out.numpy(), s.sample(eps, x_T), rtol=1e-13, atol=1e-13)
 
 
-def test_lookahead_needs_a_method_with_an_evaluation_shift():
+@pytest.mark.parametrize("startup", ["lookahead", "pc-shift"])
+def test_the_shifted_startups_need_a_method_with_an_evaluation_shift(startup):
     sch = DiscreteVP.linear()
     for method in ("o-belm", "dpl-ob", PFamily("dpl", shift=0.0)):
-        with pytest.raises(ValueError, match="startup='lookahead'.*no evaluation shift"):
-            Solver(sch, steps=8, method=method, startup="lookahead")
-    with pytest.raises(ValueError, match="startup='lookahead' needs a linear multistep"):
-        Solver(sch, steps=8, method="ddim", startup="lookahead")
+        with pytest.raises(ValueError, match=f"startup='{startup}'.*no evaluation shift"):
+            Solver(sch, steps=8, method=method, startup=startup)
+    with pytest.raises(ValueError, match=f"startup='{startup}' needs a linear multistep"):
+        Solver(sch, steps=8, method="ddim", startup=startup)
     with pytest.raises(ValueError, match="prediction='velocity'"):
-        Solver(FlowMatch(shift=3.0), steps=8, method="dpl-ob-shift", startup="lookahead")
-    with pytest.raises(ValueError, match=r"startup='rk' must be one of \['ddim', 'lookahead', 'pc'\]"):
+        Solver(FlowMatch(shift=3.0), steps=8, method="dpl-ob-traj", startup=startup)
+
+
+def test_startup_names_are_checked():
+    sch = DiscreteVP.linear()
+    with pytest.raises(ValueError, match=r"startup='rk' must be one of \['ddim', 'lookahead', 'pc', 'pc-shift'\]"):
         Solver(sch, steps=8, startup="rk")
     with pytest.raises(ValueError, match="must be one of"):
         Solver(sch, steps=8, startup=["pc"])

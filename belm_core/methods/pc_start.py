@@ -30,6 +30,16 @@ so row N−1 receives the x̂0 it asks for (at σ̄_m = σ̄_{N−1}: c = 1, the
 Still two calls; N = 2 (row N−1 is row 1) and levels that round to t_{N−1} or do not lie
 below σ̄_N fall back to the plain step.
 
+The shifted-corrector variant (startup="pc-shift", methods with an evaluation shift) keeps the
+plain step's predictor, node and weights and changes only how the corrector reads the model:
+as the method's own row N−1 reads its state x_{N−1} (`EvaluationShift`, docs/math.md §13,
+§18), i.e. x̂0 of the fixed predictor state x̃̄ at the row's shifted level σ̄*:
+
+    ε̃ = w_{N−1} ε(κ_{N−1} x̃, t*_{N−1}),   x̂0~ = x̃̄ − σ̄_{N−1} ε̃ = x̃̄ − σ̄* ε(α* x̃̄, t*_{N−1})
+
+and the trapezoid and ε_eff above with this x̂0~. Row N−1 thus receives the x̂0 it would
+read from x̃ itself. Where row N−1 has no shift it is the plain step, bit for bit.
+
 The code runs in the grid's coordinates (y = x/s, τ; docs/math.md §11), where the data
 prediction is x̂0 = y − τ f in every system: bar coordinates (s = α, τ = σ̄, f = ε) give
 the formulas above, a flow's (s = 1, τ = σ, f = v) the same step with x̂0 = x − σ v and
@@ -47,7 +57,7 @@ from .. import recurrence
 from .base import Carry, Evaluate, MultistepPlan
 from .shift import model_times
 
-__all__ = ["pc_start", "lookahead_start"]
+__all__ = ["pc_start", "lookahead_start", "shifted_pc_start"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,14 @@ class _Node:
 def pc_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate) -> Carry:
     """x_N → x_{N−1} by the predictor–corrector step, with ε_eff cached at x_{N−1}."""
     return _corrected_start(plan, carry, evaluate, node=None)
+
+
+def shifted_pc_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate) -> Carry:
+    """x_N → x_{N−1} by the predictor–corrector step whose corrector reads the predictor as
+    the method's row N−1 reads x_{N−1} (its evaluation shift; module docstring)."""
+    if plan.shift is None:
+        raise ValueError("the shifted-corrector start needs a method with an evaluation shift (e.g. 'dpl-ob-traj')")
+    return _corrected_start(plan, carry, evaluate, node=None, shifted=True)
 
 
 def lookahead_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate) -> Carry:
@@ -85,7 +103,8 @@ def lookahead_node(plan: MultistepPlan, N: int) -> _Node | None:
     return _Node(time=schedule.model_time(t_m), scale=float(schedule.alpha(t_m)), tau=sigma_bar_m)
 
 
-def _corrected_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate, node: _Node | None) -> Carry:
+def _corrected_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate, node: _Node | None,
+                     shifted: bool = False) -> Carry:
     g = plan.grid
     N = carry.index
     if len(carry.xs) != 1 or N < 2:
@@ -99,7 +118,7 @@ def _corrected_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate, node
     # DDIM predictor to τ_m, kept at x_{N−1}'s scale: x̃ = s_{N−1}(x_N/s_N − (τ_N − τ_m) f_N)
     x_pred = recurrence.linear_combination([s_M / s_N, -s_M * (tau_N - tau_m)], [x, eps_N])
     if node is None:
-        eps_pred = evaluate(x_pred, N - 1)
+        eps_pred = plan.shift.evaluate(evaluate, x_pred, N - 1) if shifted else evaluate(x_pred, N - 1)
         w = 0.5
     else:
         eps_pred = evaluate(x_pred, N - 1, t=node.time, scale=node.scale / s_M)
