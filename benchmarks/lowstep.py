@@ -25,7 +25,10 @@ something for editing shrinks that distance as N grows); the round trip at 50 st
 exact either way. Digits: the trained class-conditional DDPM of the digits section,
 Fréchet distance (classifier features) of 1000 samples from the same x_T at NFE 5/10/20,
 and the RMSE of the first 250 of them against a 400-step O-BELM solution of the ODE from
-the same x_T (`digits_scores`): FD judges the samples, RMSE the solver.
+the same x_T (`digits_scores`): FD judges the samples, RMSE the solver. The same network
+trained on the scaled-linear schedule (`train_digits --beta-schedule scaled_linear`) checks
+the "pc-shift" start `recommended` uses there, against the plain "pc" start, at NFE
+4/5/6/10/20.
 
 At 5–20 calls a few points of a batch decide between two mixture components late, and
 one point sent to the other component moves a 256-point RMSE by 0.05–0.1: a single RMSE
@@ -128,6 +131,11 @@ LATENT_METHODS = ("recommended", "dpl-ob-shift-last (trailing)", "dpl (trailing)
 BATCH = 256
 #: x_T seeds of the robustness table; the main tables use seed 0
 SEEDS = (0, 1, 2)
+#: the recommended sampler with the plain predictor–corrector start (what "pc-shift" replaced on scaled-linear)
+PLAIN_START = "recommended, startup='pc'"
+#: the digits network trained on the scaled-linear schedule: the "pc-shift" start's network check
+DIGITS_SL_NFES = (4, 5, 6, 10, 20)
+DIGITS_SL_OURS = ("recommended", PLAIN_START)
 #: the digits network's ODE reference: O-BELM steps, and the samples it is computed for
 REF_STEPS = 400
 REF_N = 250
@@ -295,6 +303,8 @@ def _kwargs(schedule, name: str, steps: int) -> dict:
 
     if name == "recommended":
         return recommended(schedule, steps)
+    if name == PLAIN_START:
+        return {**recommended(schedule, steps), "startup": "pc"}
     if name == "dpl-ob-shift-last (trailing)":
         return {"method": "dpl-ob-shift-last", "spacing": "trailing", "startup": "pc"}
     if name == "dpl (trailing)":
@@ -444,24 +454,27 @@ def latent_errors(data, schedule, n: int, steps) -> dict:
     return {"latent": out, "roundtrip": roundtrip}
 
 
-def digits_fd(nfes, n: int, progress: bool) -> dict:
-    """The trained digits DDPM: `digits_scores` of every method on 1000 samples from x_T seed 0."""
+def digits_fd(nfes, n: int, progress: bool, beta_schedule: str = "linear", ours=OURS) -> dict:
+    """A trained digits DDPM (`train_digits`, on `beta_schedule`): `digits_scores` of `ours` and
+    the peers on n samples from x_T seed 0."""
     import torch
 
     from belm_core import DiscreteVP
 
     from .digits import Judge
-    from .train_digits import CACHE, TrainConfig, ensure_model, load_model, load_split
+    from .train_digits import TrainConfig, cache_for, ensure_model, load_model, load_split
 
     torch.set_num_threads(1)
-    unet, abar, _ = load_model(ensure_model(TrainConfig(), CACHE, progress=progress))
+    cfg = TrainConfig(beta_schedule=beta_schedule)
+    unet, abar, _ = load_model(ensure_model(cfg, cache_for(beta_schedule), progress=progress))
     x_tr, y_tr, x_te, y_te, _, _ = load_split()
     x_T = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    return digits_scores(unet, DiscreteVP(abar), Judge(x_tr, y_tr, x_te, y_te), nfes, x_T, progress=progress)
+    return digits_scores(unet, DiscreteVP(abar), Judge(x_tr, y_tr, x_te, y_te), nfes, x_T, progress=progress,
+                         ours=ours)
 
 
 def digits_scores(unet, schedule, judge, nfes, x_T, ref_n: int = REF_N, ref_steps: int = REF_STEPS,
-                  progress: bool = False) -> dict:
+                  progress: bool = False, ours=OURS) -> dict:
     """FD of every sample set, and the RMSE of its first `ref_n` samples against the ODE solution.
 
     Returns {"fd": {method: {nfe: FD}}, "rmse": {method: {nfe: RMSE}}, "floor", "n", "ref_n",
@@ -481,13 +494,13 @@ def digits_scores(unet, schedule, judge, nfes, x_T, ref_n: int = REF_N, ref_step
     ref = Solver(schedule, steps=ref_steps, method="o-belm", spacing="linspace").sample(head, x_T[:ref_n])
     trailing = Solver(schedule, steps=ref_steps, method="o-belm", spacing="trailing")
     alt = trailing.sample(head, x_T[:ref_n])
-    fd: dict = {m: {} for m in OURS + PEERS[:2]}
-    err: dict = {m: {} for m in OURS + PEERS[:2]}
+    fd: dict = {m: {} for m in tuple(ours) + PEERS[:2]}
+    err: dict = {m: {} for m in fd}
     for nfe in nfes:
         if progress:
             print(f"  lowstep: digits NFE {nfe}", flush=True)
         for m in fd:
-            if m in OURS:
+            if m in ours:
                 x = Solver(schedule, steps=nfe, **_kwargs(schedule, m, nfe)).sample(eps, x_T)
             else:
                 x = peers.sample(m, schedule, eps, x_T, nfe, "linspace").x0
@@ -510,6 +523,7 @@ class LowstepData:
     grids: dict = field(default_factory=dict)  # schedule → {peer: GridChoice}
     robust: dict = field(default_factory=dict)  # robustness(...) over SEEDS
     random: dict = field(default_factory=dict)  # schedule → random_sweep(...) over random_problems()
+    digits_sl: dict | None = None  # digits_scores(...) of the network trained on scaled-linear, DIGITS_SL_NFES
 
 
 def compute(quick: bool = False, progress: bool = True, with_digits: bool | None = None) -> LowstepData:
@@ -536,11 +550,12 @@ def compute(quick: bool = False, progress: bool = True, with_digits: bool | None
         randoms[sname] = random_sweep(sch, random_problems(), RANDOM_NFES, RANDOM_BATCH)
         for pname in list(probs)[:3]:
             latents[(sname, pname)] = latent_errors(probs[pname], sch, 32 if quick else 64, LATENT_STEPS)
-    digits = None
+    digits = digits_sl = None
     if with_digits if with_digits is not None else True:
         digits = digits_fd(NFES, 1000, progress)  # fewer samples: FD noise hides the differences
+        digits_sl = digits_fd(DIGITS_SL_NFES, 1000, progress, "scaled_linear", DIGITS_SL_OURS)
     return LowstepData(NFES, batch, errors, LATENT_STEPS, latents, digits, grids=grids,
-                       robust=robustness(sweeps, NFES), random=randoms)
+                       robust=robustness(sweeps, NFES), random=randoms, digits_sl=digits_sl)
 
 
 # ------------------------------------------------------------------------ tables
@@ -740,18 +755,31 @@ def render(data: LowstepData) -> str:
     body += ["", "### Inverted latents: distance of x_N to the exact ODE inversion (64 points)", "",
              latent_table(data)]
     if data.digits is not None:
-        d = data.digits
-        body += ["", f"### Digits DDPM: Fréchet distance ↓ ({d['n']} samples, same x_T; floor {d['floor']:.3f})", ""]
-        body.append(_by_nfe_table(d["fd"], data.nfes))
-        if "rmse" in d:
-            body += ["", (f"### Digits DDPM: RMSE against the ODE solution ↓ (first {d['ref_n']} of the samples; "
-                          f"reference: O-BELM, {d['ref_steps']} linspace steps)"), "",
-                     (f"The end of the ODE is defined only up to how the network is read near t = 0: the "
-                      f"{d['ref_steps']}-step trailing solution (last model time {d['ref_spread_t']:g}) is "
-                      f"{d['ref_spread']:.2g} from the reference. RMSE against the ODE solution is the metric "
-                      "of the mixture tables above."), "",
-                     _by_nfe_table(d["rmse"], data.nfes)]
+        body += digits_tables(data.digits, "Digits DDPM")
+    if data.digits_sl is not None:
+        body += ["", "The same network trained on Stable Diffusion's scaled-linear schedule (σ̄ ≤ 14.6; "
+                 "`python -m benchmarks.train_digits --beta-schedule scaled_linear`), where `recommended` "
+                 "uses the \"pc-shift\" start: against the plain \"pc\" start it replaced "
+                 f"(\"{PLAIN_START}\") and the peers on their default grid (docs/math.md §18)."]
+        body += digits_tables(data.digits_sl, "Digits DDPM, scaled-linear schedule")
     return "\n".join(body)
+
+
+def digits_tables(d: dict, title: str) -> list:
+    """Markdown lines: the Fréchet distance and ODE RMSE tables of one `digits_scores` result, one
+    column per NFE it was run at."""
+    nfes = sorted(next(iter(d["fd"].values())))
+    out = ["", f"### {title}: Fréchet distance ↓ ({d['n']} samples, same x_T; floor {d['floor']:.3f})", "",
+           _by_nfe_table(d["fd"], nfes)]
+    if "rmse" in d:
+        out += ["", (f"### {title}: RMSE against the ODE solution ↓ (first {d['ref_n']} of the samples; "
+                     f"reference: O-BELM, {d['ref_steps']} linspace steps)"), "",
+                (f"The end of the ODE is defined only up to how the network is read near t = 0: the "
+                 f"{d['ref_steps']}-step trailing solution (last model time {d['ref_spread_t']:g}) is "
+                 f"{d['ref_spread']:.2g} from the reference. RMSE against the ODE solution is the metric "
+                 "of the mixture tables above."), "",
+                _by_nfe_table(d["rmse"], nfes)]
+    return out
 
 
 def draw(data: LowstepData, fig_dir: Path) -> list:

@@ -559,23 +559,30 @@ def test_digits_sample_quality_runs_recommended_on_its_own_grid(monkeypatch):
     assert np.all(np.isfinite(samples[("recommended", 6)]))
 
 
+class MeanAbsJudge:
+    """A stand-in for digits.Judge: the "FD" of a sample set is its mean |x|."""
+
+    floor_fd = 0.5
+
+    def score(self, x, labels):
+        return {"fd": float(np.abs(x).mean())}
+
+
+def tiny_digits_unet():
+    from benchmarks.train_digits import TrainConfig, build_unet
+
+    torch.manual_seed(0)
+    return build_unet(TrainConfig(channels=(8, 16))).eval()
+
+
 def test_lowstep_digits_scores_measure_rmse_against_the_long_reference():
     from belm_core import DiscreteVP, Solver
 
     from benchmarks import lowstep
     from benchmarks.digits import digits_eps
-    from benchmarks.train_digits import TrainConfig, build_unet
 
-    torch.manual_seed(0)
-    unet = build_unet(TrainConfig(channels=(8, 16))).eval()
+    unet, Judge = tiny_digits_unet(), MeanAbsJudge
     schedule = DiscreteVP.linear()
-
-    class Judge:
-        floor_fd = 0.5
-
-        def score(self, x, labels):
-            return {"fd": float(np.abs(x).mean())}
-
     x_T = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     d = lowstep.digits_scores(unet, schedule, Judge(), (3,), x_T, ref_n=4, ref_steps=12)
     assert set(d["rmse"]) == set(d["fd"]) == set(lowstep.OURS + lowstep.PEERS[:2])
@@ -588,3 +595,48 @@ def test_lowstep_digits_scores_measure_rmse_against_the_long_reference():
     data = lowstep.LowstepData((3,), 6, {}, (10,), {}, digits=d)
     text = lowstep.render(data)
     assert "### Digits DDPM: RMSE against the ODE solution" in text and "first 4 of the samples" in text
+
+
+def test_lowstep_digits_scores_compare_the_plain_start_on_a_scaled_linear_network():
+    from belm_core import DiscreteVP, Solver, recommended
+
+    from benchmarks import lowstep
+    from benchmarks.digits import digits_eps
+
+    unet, Judge = tiny_digits_unet(), MeanAbsJudge
+    schedule = DiscreteVP.scaled_linear()
+    x_T = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    d = lowstep.digits_scores(unet, schedule, Judge(), (4,), x_T, ref_n=4, ref_steps=12, ours=lowstep.DIGITS_SL_OURS)
+    assert set(d["fd"]) == {"recommended", lowstep.PLAIN_START, *lowstep.PEERS[:2]}
+    eps = digits_eps(unet, schedule, np.arange(6) % 10)
+    rec, plain = recommended(schedule, 4), lowstep._kwargs(schedule, lowstep.PLAIN_START, 4)
+    assert rec["startup"] == "pc-shift" and plain == {**rec, "startup": "pc"}
+    for name, kw in (("recommended", rec), (lowstep.PLAIN_START, plain)):
+        x = Solver(schedule, steps=4, **kw).sample(eps, x_T)
+        assert d["fd"][name][4] == pytest.approx(float(x.float().abs().mean()), rel=1e-6)
+    assert d["fd"]["recommended"][4] != d["fd"][lowstep.PLAIN_START][4]  # the start-ups differ on this grid
+    data = lowstep.LowstepData((4,), 6, {}, (10,), {}, digits_sl=d)
+    text = lowstep.render(data)
+    assert "### Digits DDPM, scaled-linear schedule: Fréchet distance" in text
+    assert "### Digits DDPM, scaled-linear schedule: RMSE against the ODE solution" in text
+    assert "### Digits DDPM: Fréchet" not in text  # the linear network's tables only when it ran
+
+
+def test_train_digits_beta_schedules_and_cached_checkpoints(tmp_path):
+    import json
+
+    from benchmarks import train_digits as T
+    from benchmarks.train_digits_flow import FlowTrainConfig
+
+    assert T.cache_for("linear") == T.CACHE and T.cache_for("scaled_linear") == T.CACHE_SL
+    with pytest.raises(ValueError, match="beta_schedule='cosine' must be one of"):
+        T.TrainConfig(beta_schedule="cosine")
+    # a checkpoint written before the field existed was trained on linear: it still matches
+    (tmp_path / "unet").mkdir()
+    old = {k: v for k, v in json.loads(json.dumps(T.asdict(T.TrainConfig()))).items() if k != "beta_schedule"}
+    (tmp_path / "meta.json").write_text(json.dumps({"config": old}))
+    assert T._matches(tmp_path, T.TrainConfig())
+    assert not T._matches(tmp_path, T.TrainConfig(beta_schedule="scaled_linear"))
+    flow = json.loads(json.dumps(T.asdict(FlowTrainConfig())))
+    (tmp_path / "meta.json").write_text(json.dumps({"config": flow}))
+    assert T._matches(tmp_path, FlowTrainConfig())  # the flow config has no β schedule
