@@ -17,7 +17,8 @@ latents converge to the exact ODE inversion as N grows (2–10× closer than
 "dpl-ob-shift-last"'s at N = 20–50). Evidence: benchmarks/lowstep.py (RESULTS.md, "Low-step
 accuracy") and docs/math.md §16: on 140 random held-out mixtures it is at or below the better
 of DPM-Solver++(2M) and UniPC in all nine cells (three schedules × NFE 5/10/20) on 71 of
-140 against 62 for "dpl-ob-shift-last", the gain at NFE 10–20 (NFE 5 is unchanged: its rows
+140 with the plain predictor–corrector start (80 with "pc-shift" on scaled-linear, below)
+against 62 for "dpl-ob-shift-last", the gain at NFE 10–20 (NFE 5 is unchanged: its rows
 are too coarse to read on the trajectory); on the digits network it is stable at every N
 and has the same Fréchet distance at NFE 4–5, within ±0.03 at 6–50. Earlier evidence for
 the shifted rows it keeps: the shift raised the cells from 64–69 to 79–84 of 99 and
@@ -28,9 +29,11 @@ start-up paid off (the look-ahead start, docs/math.md §13, wins mixtures at NFE
 loses on the digits network at NFE 4, 6 and 10, so the plain predictor–corrector start
 stays). The shifted corrector ("pc-shift", docs/math.md §18) lifts the mixtures on
 scaled-linear (NFE-5 cells 46 → 61 of 70; 0.87–0.93× the plain start's error at N = 2–15)
-and is neutral on a digits network trained on that schedule, but the linear-schedule digits
-network, whose reads at the top of its grid (σ̄ up to 157) are far off, is 1.5× further from
-its ODE solution with it at NFE 3–6: hence the bound on σ̄(T − 1).
+and is neutral on a digits network trained on that schedule (ODE RMSE 0.92–1.05× the plain
+start's at NFE 4–20; Fréchet distance the same except at NFE 4, 1.73 against 1.63), but
+the linear-schedule digits network, whose reads at the top of its grid (σ̄ up to 157) are
+far off, is 1.4–1.6× further from its ODE solution with it at NFE 3–6: hence the bound on
+σ̄(T − 1).
 
 For rectified flows (`FlowMatch`: SD3, Flux), at every N ≥ 2: O-BELM in the flow's own
 coordinates (x, σ) with the predictor–corrector start-up, which on a flow is the trapezoid
@@ -81,9 +84,9 @@ def recommended(schedule: NoiseSchedule, steps: int) -> dict[str, Any]:
         )
     if isinstance(schedule, FlowMatch):
         return {"method": "o-belm", "startup": "pc"}
-    return {"method": "dpl-ob-traj", "spacing": "trailing", "startup": vp_startup(schedule)}
+    return {"method": "dpl-ob-traj", "spacing": "trailing", "startup": _vp_startup(schedule)}
 
 
-def vp_startup(schedule: DiscreteVP) -> str:
+def _vp_startup(schedule: DiscreteVP) -> str:
     """"pc-shift" where the schedule's noisiest level is σ̄(T − 1) ≤ `TRUSTED_TOP`, else "pc"."""
     return "pc-shift" if float(schedule.sigma_bar(int(schedule.num_train_timesteps) - 1)) <= TRUSTED_TOP else "pc"

@@ -93,7 +93,8 @@ the trajectory, are what still loses. Reading the start-up's predictor the way r
 reads its state (startup="pc-shift", docs/math.md §18; used where σ̄(T − 1) ≤ 20, i.e. on
 scaled-linear) takes scaled-linear NFE 5 from 46 to 61 of the first 70 and the 140 from 71
 to 80 passes; on the linear schedule the digits network refuses it (ODE RMSE 0.170 against
-0.110 at NFE 5), and on a scaled-linear digits network it is neutral.
+0.110 at NFE 5), and on a scaled-linear digits network it is neutral but for the Fréchet
+distance at NFE 4 (the tables at the end of this section).
 
 The peers on their own best grid laws (the issue's stretch): for each schedule and each
 of DPM++2M, UniPC and DEIS, the candidates are the grid laws diffusers itself offers for
