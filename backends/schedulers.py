@@ -5,6 +5,8 @@ Rectified flows (SD3, Flux: velocity prediction):     `BELMFlowScheduler`, `BELM
 
     pipe.scheduler = BELMScheduler.from_config(pipe.scheduler.config)           # O-BELM sampling
     image = pipe(prompt, num_inference_steps=20).images[0]
+    pipe.scheduler = BELMScheduler.from_config(pipe.scheduler.config, method="recommended")
+    image = pipe(prompt, num_inference_steps=8).images[0]                       # the low-step sampler
 
 Exact reconstruction through the pipeline's own loop and guidance (the same for a flow
 pipeline with the Flow classes, `latents` then in the pipeline's format, packed for Flux):
@@ -21,9 +23,25 @@ The math lives in `belm_core`: the grid is a `Solver` built from the config the 
 `backends.config` reads it for every adapter (`schedule_from_config`, `solver_options`), and
 each `step` hands the pipeline's one model output to a `belm_core.stepper.Stepper`, which runs
 the method's own step (coefficients, eq. 18 recurrence, start-up) from its explicit carry.
-These classes only adapt the step protocol. One design serves both families: the machinery
+These classes only adapt the step protocol. Each `step` takes the output of ONE model call and
+returns, as `prev_sample`, the input of the next one (after the last call, x_0 or, inverting,
+x_N); `timesteps` lists the model time of every call, found by a dry run of the walk. For
+"o-belm", "bdia" and "ddim" those inputs are the grid states x_{i−1} at their times t_{i−1}.
+One design serves both families: the machinery
 (grid installation, step checks, the re-sync rule, the two directions) is shared; a family
 adds its config keys, `set_timesteps` signature, timestep type and noising formula.
+
+**method="recommended".** `belm_core.recommended(schedule, N)`: the exact sampler most accurate
+at 5–20 model calls in benchmarks/RESULTS.md §1–2 (VP: "dpl-ob-traj" on diffusers' "trailing"
+grid, which replaces the config's `timestep_spacing` and starts at T − 1 as DPM-Solver++ and UniPC
+do, with the predictor–corrector start-up; flows: O-BELM with that start-up on the config's
+grid). Still N model calls and exact inversion, but the model is read away from the grid: the
+start-up's corrector at its DDIM predictor, shifted rows at κ_i x_i and model time t*_i,
+trajectory rows at an extrapolated state (docs/math.md §12–§16), so `prev_sample` is that
+input (κ included: the pipeline feeds it to the model unchanged) and `timesteps` are those
+times. Hence it runs only from x_N or a set latent with the latents unchanged between steps:
+img2img (`set_begin_index` > 0), inpainting and callbacks that edit the latents get a
+ValueError (use "o-belm" there). Its latents hold three arrays (x_N, x_{N−1}, w_N, VP).
 
 **VP grid.** N = num_inference_steps, laid out by `timestep_spacing` and `steps_offset`; the last
 step ends at ᾱ = 1 (`set_alpha_to_one` True or absent) or at ᾱ_0 (`set_alpha_to_one=False`, as
@@ -74,9 +92,9 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 
-from belm_core import Latent, Solver
+from belm_core import Latent, Solver, recommended
 from belm_core.methods import BDIA, Method, get_method
-from belm_core.stepper import Stepper
+from belm_core.stepper import Call, Stepper
 
 from .config import FLOW_OPTIONS_UNSUPPORTED, is_flow_config
 from .config import prediction_type as config_prediction_type
@@ -87,8 +105,8 @@ __all__ = [
     "SchedulerMethod", "SCHEDULER_METHODS", "scheduler_method",
 ]
 
-SchedulerMethod = Literal["o-belm", "bdia", "ddim"]
-SCHEDULER_METHODS = ("o-belm", "bdia", "ddim")
+SchedulerMethod = Literal["o-belm", "bdia", "ddim", "recommended"]
+SCHEDULER_METHODS = ("o-belm", "bdia", "ddim", "recommended")
 
 #: methods a one-model-call-per-step scheduler refuses, and why
 REFUSED = {
@@ -106,8 +124,20 @@ REFUSED = {
 }
 
 
-def scheduler_method(method: str, gamma: float = 1.0) -> Method:
-    """The belm_core Method for a scheduler's `method` option ("o-belm", "bdia" with `gamma`, "ddim")."""
+def scheduler_method(method: str, gamma: float = 1.0, schedule=None) -> Method:
+    """The belm_core Method for a scheduler's `method` option ("o-belm", "bdia" with `gamma`, "ddim",
+    or "recommended": `belm_core.recommended`'s method for `schedule`, which is then required)."""
+    key = _method_key(method)
+    if key == "bdia":
+        return BDIA(gamma)
+    if key == "recommended":
+        if schedule is None:
+            raise ValueError("method='recommended' depends on the schedule: pass schedule=")
+        return get_method(recommended(schedule, 2)["method"])
+    return get_method(key)
+
+
+def _method_key(method: Any) -> str:
     if not isinstance(method, str):
         raise TypeError(f"method={method!r} must be a str, one of {list(SCHEDULER_METHODS)}")
     key = method.strip().lower().replace("_", "-")
@@ -116,9 +146,7 @@ def scheduler_method(method: str, gamma: float = 1.0) -> Method:
         raise ValueError(f"method={method!r} is not available as a diffusers scheduler: {REFUSED[key]}")
     if key not in SCHEDULER_METHODS:
         raise ValueError(f"method={method!r} is not known; choose one of {list(SCHEDULER_METHODS)}")
-    if key == "bdia":
-        return BDIA(gamma)
-    return get_method(key)
+    return key
 
 
 @dataclass
@@ -145,8 +173,9 @@ class _SchedulerCore(SchedulerMixin, ConfigMixin):
 
     def _setup(self, method: str, gamma: float) -> None:
         """Common construction from `self.config` (called by the family's registered __init__)."""
-        self.method = scheduler_method(method, gamma)
         self.schedule = schedule_from_config(self.config)
+        self.method = scheduler_method(method, gamma, self.schedule)
+        self._recommended = _method_key(method) == "recommended"
         self._options = solver_options(self.config)
         self._kind = config_prediction_type(self.config)
         self.init_noise_sigma = 1.0
@@ -208,6 +237,19 @@ class _SchedulerCore(SchedulerMixin, ConfigMixin):
         return sample
 
     # -- the grid -----------------------------------------------------------------------------------
+    def _solver_options(self, steps: int | None) -> dict[str, Any]:
+        """Solver keywords besides the grid: the config's, with `recommended`'s start-up (and, for
+        `steps` on a VP schedule, its spacing) when method="recommended"."""
+        options = dict(self._options)
+        if self._recommended:
+            rec = recommended(self.schedule, steps if steps is not None else 2)
+            if get_method(rec.pop("method")).signature() != self.method.signature():  # (one method at every N)
+                raise RuntimeError(f"recommended() changed its method at steps={steps}; rebuild the scheduler")
+            if steps is None:
+                rec.pop("spacing", None)  # explicit timesteps: no spacing
+            options.update(rec)
+        return options
+
     def _cached_solver(self, key: tuple, make: Callable[[], Solver]) -> Solver:
         """The Solver for this grid (cached: a pipeline calls set_timesteps once per call)."""
         if key not in self._solvers:
@@ -223,9 +265,6 @@ class _SchedulerCore(SchedulerMixin, ConfigMixin):
         self._clear_run()
         grid = solver.grid
         self._t = [None] + [grid.t(i) for i in range(1, grid.N + 1)]  # model time of grid index i
-        model_t = np.asarray(self._t[1:], dtype=np.float64)
-        self._alpha = [None] + self.schedule.alpha(model_t).tolist()
-        self._sigma = [None] + self.schedule.sigma(model_t).tolist()
         self._set_timesteps_for(solver)
 
     def _set_timesteps_for(self, solver: Solver) -> None:
@@ -241,7 +280,7 @@ class _SchedulerCore(SchedulerMixin, ConfigMixin):
     # -- per-step helpers ----------------------------------------------------------------------
     def _clear_run(self) -> None:
         self._stepper: Stepper | None = None
-        self._held: int | None = None  # grid index of the sample the caller holds
+        self._skip = False  # the next model output is not needed (a set latent's first state)
         self._steps = 0
         self._returned: torch.Tensor | None = None
         self._returned_version = -1
@@ -263,13 +302,44 @@ class _SchedulerCore(SchedulerMixin, ConfigMixin):
         """`sample` is the tensor the last step returned, not edited since (identity + version counter)."""
         return sample is self._returned and sample._version == self._returned_version
 
-    def _model_f(self, model_output: torch.Tensor, x: torch.Tensor, index: int) -> torch.Tensor:
-        """The solver's f at state x (float64) from the model output at grid index `index`:
+    def _model_f(self, model_output: torch.Tensor, call: Call) -> torch.Tensor:
+        """The solver's f (float64) from the model output of `call` (at its input and model time):
         ε (converted with backends.config.to_eps) or, for a flow, the velocity as it is."""
+        x = call.x
         out = model_output.to(device=x.device, dtype=x.dtype)
         if self._kind in ("epsilon", "velocity"):
             return out
-        return to_eps(out, x, self._alpha[index], self._sigma[index], self._kind)
+        t = float(call.time)
+        return to_eps(out, call.input, float(self.schedule.alpha(t)), float(self.schedule.sigma(t)), self._kind)
+
+    def _take(self, model_output: torch.Tensor, t) -> None:
+        """Hand the model output at timestep t to the Stepper's pending call (checked against its time)."""
+        stepper = self._stepper
+        call = stepper.next_call()
+        if t != self._as_time(call.time):
+            raise ValueError(
+                f"timestep={t} does not match the grid: the next model call is at t={call.time} ({self._steps} of "
+                f"{len(self.timesteps)} steps taken); step through scheduler.timesteps in order, or call "
+                "set_timesteps to restart"
+            )
+        f = self._model_f(model_output, call)
+        stepper.advance(f, owned=f is not model_output)
+
+    def _next_sample(self) -> torch.Tensor:
+        """What the caller evaluates the model at next (the next call's input), or the walk's last state."""
+        stepper = self._stepper
+        return stepper.head[1] if stepper.done else stepper.next_call().input
+
+    def _call_times(self, stepper: Stepper) -> tuple[list, bool]:
+        """The model time of each model call of a walk (a dry run of `stepper`, built on zeros), and
+        whether every call is at a grid state and its model time (`Call.on_grid`)."""
+        times, on_grid = [], True
+        while not stepper.done:
+            call = stepper.next_call()
+            times.append(call.time)
+            on_grid = on_grid and call.on_grid
+            stepper.advance(torch.zeros_like(call.x))
+        return times, on_grid
 
     def _emit(self, state: torch.Tensor, sample: torch.Tensor, return_dict: bool, output=SchedulerOutput):
         """`state` in the caller's dtype (a fresh tensor), remembered for the identity check."""
@@ -277,6 +347,13 @@ class _SchedulerCore(SchedulerMixin, ConfigMixin):
         self._returned, self._returned_version = out, out._version
         self._steps += 1
         return output(prev_sample=out) if return_dict else (out,)
+
+    def _off_grid_error(self, what: str) -> ValueError:
+        return ValueError(
+            f"{what}: {self.method.signature()} (method='recommended') calls the model away from the grid's states "
+            "and times (shifted reads, the start-up's predictor), so it runs from x_N or a set latent only, with "
+            "the latents unchanged between steps; use method='o-belm' for img2img, inpainting or edited latents"
+        )
 
     def _time_error(self, t, expected, index: int, what: str) -> ValueError:
         return ValueError(
@@ -313,8 +390,10 @@ class _Sampling(_SchedulerCore):
                     f"this Latent was made by method {latent.method!r}, but this scheduler runs {sig!r}; "
                     f"use {type(self).__name__}.from_config(config, method=...) with the inverting method"
                 )
-            if len(latent.states) != self.method.k:
-                raise ValueError(f"latent.states has {len(latent.states)} state(s); {sig} needs {self.method.k}")
+            if len(latent.states) != self.method.latent_size:
+                raise ValueError(
+                    f"latent.states has {len(latent.states)} array(s); {sig} needs {self.method.latent_size}"
+                )
         self._latent = latent
         if self.solver is not None:
             self._begin_index = None
@@ -328,43 +407,48 @@ class _Sampling(_SchedulerCore):
 
     def _set_timesteps_for(self, solver: Solver) -> None:
         self._start = solver.grid.N
-        if self._latent is not None:
-            from belm_core.latent import check_for
+        zero = torch.zeros(1, dtype=torch.float64)
+        if self._latent is None:
+            times, self._on_grid = self._call_times(Stepper.sampling(solver, zero))
+            self._publish(times)
+            return
+        from belm_core.latent import check_for
 
-            try:
-                self._start = check_for(self._latent, self.method, solver.grid)
-            except ValueError as err:
-                raise ValueError(
-                    f"the latent given to set_latent() does not fit set_timesteps({solver.grid.N}) on this config: {err}"
-                ) from err
-        self._publish(self._t[self._start : 0 : -1])
+        try:
+            self._start = check_for(self._latent, self.method, solver.grid)
+        except ValueError as err:
+            raise ValueError(
+                f"the latent given to set_latent() does not fit set_timesteps({solver.grid.N}) on this config: {err}"
+            ) from err
+        dry = self._latent.replace(states=tuple(zero for _ in self._latent.states))
+        times, self._on_grid = self._call_times(Stepper.from_latent(solver, dry))
+        # the pipeline starts with a model call at the latent's first state x_K; a k-state latent
+        # already holds what its first step would compute there, so that output goes unused
+        self._wasted_first = not (times and times[0] == self._t[self._start])
+        self._publish(([self._t[self._start]] if self._wasted_first else []) + times)
 
     # -- one step -----------------------------------------------------------------------------
     def step(
         self, model_output: torch.Tensor, timestep: int | float | torch.Tensor, sample: torch.Tensor, return_dict: bool = True
     ) -> SchedulerOutput | tuple:
-        """x_{i−1} from the model output at (x_i, t_i), by the method's step (eq. 18 for O-BELM).
+        """The state after the model output at (sample, timestep), by the method's step (eq. 18 for O-BELM).
 
-        Returns `SchedulerOutput(prev_sample=x_{i−1})` (or a 1-tuple) in the dtype of `sample`.
+        Returns `SchedulerOutput(prev_sample=...)` (or a 1-tuple) in the dtype of `sample`: the
+        input of the next model call, which for "o-belm", "bdia" and "ddim" is the next grid state
+        x_{i−1}; after the last call, x_0.
         """
         t = self._check_step_args(model_output, timestep, sample)
         if self._stepper is None:
             self._begin(t, sample)
         elif not self._is_returned(sample):
             self._resync(t, sample)
-        elif self._held == 0:
-            raise ValueError(f"all {self.solver.grid.N} steps are done; call set_timesteps to start a new run")
-        elif t != self._t[self._held]:
-            raise self._time_error(t, self._t[self._held], self._held, "the next step")
-        stepper, held = self._stepper, self._held
-        x, index = stepper.need()
-        if index == held:  # the model output at the state the caller holds
-            f = self._model_f(model_output, x, index)
-            if x is not stepper.state(held) or not stepper.advance(f, owned=f is not model_output):
-                raise RuntimeError(f"{self.method.signature()} needs more than the one model call per step")
-        # else: the carry already holds x_{held−1} (a latent's second state); the model output is unused
-        self._held = held - 1
-        return self._emit(stepper.state(held - 1), sample, return_dict)
+        elif self._stepper.done:
+            raise ValueError(f"all {len(self.timesteps)} steps are done; call set_timesteps to start a new run")
+        if self._skip:  # the model output at a set latent's first state: its carry holds what comes next
+            self._skip = False
+        else:
+            self._take(model_output, t)
+        return self._emit(self._next_sample(), sample, return_dict)
 
     def _index_of(self, t) -> int:
         """Grid index of model time t (the sampling grid's times are distinct)."""
@@ -381,6 +465,8 @@ class _Sampling(_SchedulerCore):
         if self._begin_index is not None:
             if self._begin_index >= len(self.timesteps):
                 raise ValueError(f"begin_index={self._begin_index} is past the {len(self.timesteps)} timesteps")
+            if self._begin_index and not self._on_grid:
+                raise self._off_grid_error(f"begin_index={self._begin_index} (img2img starts mid-grid)")
             expected = self._start - self._begin_index
         if self._latent is not None:
             if t != self._t[expected] or expected != self._start:
@@ -394,30 +480,37 @@ class _Sampling(_SchedulerCore):
                 )
             states = tuple(s.to(sample.device) for s in self._latent.states)
             self._stepper = Stepper.from_latent(self.solver, self._latent.replace(states=states))
-            self._held = self._start
+            self._skip = self._wasted_first
             return
+        if not self._on_grid and t != self._t[self._start]:
+            raise self._off_grid_error(f"timestep={t} at the first step (not the grid's first time {self._t[self._start]})")
         index = self._index_of(t)
         if self._begin_index is not None and index != expected:
             raise self._time_error(t, self._t[expected], expected, f"timesteps[begin_index={self._begin_index}]")
         self._stepper = Stepper.sampling(self.solver, sample, index)
-        self._held = index
 
     def _resync(self, t, sample: torch.Tensor) -> None:
         """The caller changed the sample: a fresh history from it at t's grid position (module docstring)."""
+        if not self._on_grid:
+            raise self._off_grid_error("the sample passed to step() is not the one the previous step returned")
         self._stepper = Stepper.sampling(self.solver, sample, self._index_of(t))
-        self._held = self._stepper.head[0]
+        self._skip = False
 
 
 class _Inversion(_SchedulerCore):
     """Exact inversion x_0 → Latent, one model call per step (module docstring: inverse timesteps)."""
 
     def _set_timesteps_for(self, solver: Solver) -> None:
-        self._publish(self._t[i] for i in _inversion_indices(solver))
+        self._publish(self._call_times(Stepper.inversion(solver, torch.zeros(1, dtype=torch.float64)))[0])
 
     def step(
         self, model_output: torch.Tensor, timestep: int | float | torch.Tensor, sample: torch.Tensor, return_dict: bool = True
     ) -> BELMInverseSchedulerOutput | tuple:
-        """x_{i+1} from the model output at the state the inversion needs (eq. 19 for O-BELM)."""
+        """The state after the model output at (sample, timestep), by the method's inverse step (eq. 19 for O-BELM).
+
+        `prev_sample` is the input of the next model call (for "o-belm", "bdia" and "ddim" the next
+        noisier grid state x_{i+1}); after the last call, the latent's x_N.
+        """
         t = self._check_step_args(model_output, timestep, sample)
         if self._stepper is None:
             if self._begin_index not in (None, 0):
@@ -425,7 +518,7 @@ class _Inversion(_SchedulerCore):
                     f"begin_index={self._begin_index}: an inversion starts at x_0, the first of its timesteps "
                     "(set_begin_index(0) or none)"
                 )
-            self._stepper, self._held = Stepper.inversion(self.solver, sample), 0
+            self._stepper = Stepper.inversion(self.solver, sample)
             self._out_dtype = sample.dtype
         elif not self._is_returned(sample):
             raise ValueError(
@@ -433,17 +526,10 @@ class _Inversion(_SchedulerCore):
                 "was edited in place); exact inversion continues only from its own states: do not change the latents "
                 "during an inversion, or call set_timesteps to start again"
             )
-        stepper, held = self._stepper, self._held
-        if stepper.done:
+        if self._stepper.done:
             raise ValueError(f"the inversion is complete ({self.solver.grid.N} steps); read .latent or call set_timesteps")
-        x, index = stepper.need()
-        if t != self._t[index]:
-            raise self._time_error(t, self._t[index], index, "the next inversion step's model call")
-        f = self._model_f(model_output, x, index)
-        if x is not stepper.state(held) or not stepper.advance(f, owned=f is not model_output):
-            raise RuntimeError(f"{self.method.signature()} needs the model away from the state the pipeline holds")
-        self._held = held + 1
-        return self._emit(stepper.state(held + 1), sample, return_dict, BELMInverseSchedulerOutput)
+        self._take(model_output, t)
+        return self._emit(self._next_sample(), sample, return_dict, BELMInverseSchedulerOutput)
 
     @property
     def latent(self) -> Latent:
@@ -522,10 +608,13 @@ class _VPFamily(_SchedulerCore):
         if timesteps is not None:
             t = _as_numpy(timesteps)
             key = ("timesteps", t.tobytes(), str(t.dtype))
-            make = lambda: Solver(self.schedule, method=self.method, timesteps=t, end=self._options["end"])  # noqa: E731
+            options = self._solver_options(None)
+            options.pop("spacing")  # (the timesteps are given)
+            make = lambda: Solver(self.schedule, method=self.method, timesteps=t, **options)  # noqa: E731
         else:
             key = ("steps", num_inference_steps)
-            make = lambda: Solver(self.schedule, num_inference_steps, self.method, **self._options)  # noqa: E731
+            options = self._solver_options(num_inference_steps)
+            make = lambda: Solver(self.schedule, num_inference_steps, self.method, **options)  # noqa: E731
         self._install(self._cached_solver(key, make), device)
 
     @staticmethod
@@ -634,7 +723,8 @@ class _FlowFamily(_SchedulerCore):
             sig = None if sigmas is None else _as_numpy(sigmas)
             t = self.schedule.timesteps(num_inference_steps, mu=mu, sigmas=sig)
         key = ("timesteps", t.tobytes())
-        make = lambda: Solver(self.schedule, method=self.method, timesteps=t, **self._options)  # noqa: E731
+        options = self._solver_options(None)
+        make = lambda: Solver(self.schedule, method=self.method, timesteps=t, **options)  # noqa: E731
         self._install(self._cached_solver(key, make), device)
 
     def _install(self, solver: Solver, device: str | torch.device | None) -> None:
@@ -650,7 +740,7 @@ class _FlowFamily(_SchedulerCore):
 
 # ---------------------------------------------------------------------------------------------- public classes
 class BELMScheduler(_Sampling, _VPFamily):
-    """Sampling with O-BELM, BDIA or DDIM from any SD/SDXL scheduler config, one model call per step.
+    """Sampling with O-BELM, BDIA, DDIM or the recommended sampler from any SD/SDXL config, one model call per step.
 
     Args (the DDIM keys; unknown keys of another scheduler's config are ignored by `from_config`):
         num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
@@ -660,7 +750,9 @@ class BELMScheduler(_Sampling, _VPFamily):
             use_karras_sigmas=True gives diffusers' Karras timesteps instead (the other σ-grid
             options, use_exponential_sigmas / use_beta_sigmas / use_lu_lambdas, are refused).
         prediction_type: what the model predicts ("epsilon", "v_prediction", "sample").
-        method: "o-belm" (default; eq. 18, second order), "bdia" (with `gamma`) or "ddim".
+        method: "o-belm" (default; eq. 18, second order), "bdia" (with `gamma`), "ddim", or
+            "recommended" (`belm_core.recommended`: "dpl-ob-traj" on the "trailing" grid with the
+            predictor–corrector start-up; from x_N or a set latent only, module docstring).
         gamma: BDIA's γ (docs/math.md §6); ignored by the other methods.
 
     Precision and the re-sync rule: see the module docstring. `set_latent(latent)` makes the
@@ -688,7 +780,7 @@ class BELMInverseScheduler(_Inversion, _VPFamily):
 
 
 class BELMFlowScheduler(_Sampling, _FlowFamily):
-    """Sampling with O-BELM, BDIA or DDIM (= Euler) on a rectified flow (SD3, Flux), one model call per step.
+    """Sampling with O-BELM, BDIA, DDIM (= Euler) or the recommended sampler on a rectified flow (SD3, Flux).
 
     Drop-in for `FlowMatchEulerDiscreteScheduler`: `pipe.scheduler = BELMFlowScheduler.from_config(
     pipe.scheduler.config, method="o-belm")`. The model output is the velocity v = dx/dσ = n − x_0
@@ -700,7 +792,9 @@ class BELMFlowScheduler(_Sampling, _FlowFamily):
         shift: σ ↦ shift·σ/(1 + (shift − 1)σ) (SD3: 3.0).
         use_dynamic_shifting, base_shift, max_shift, base_image_seq_len, max_image_seq_len,
         time_shift_type: Flux's resolution-dependent shift by `mu` (passed to `set_timesteps`).
-        method: "o-belm" (default; eq. 18, second order), "bdia" (with `gamma`) or "ddim" (Euler).
+        method: "o-belm" (default; eq. 18, second order), "bdia" (with `gamma`), "ddim" (Euler), or
+            "recommended" (O-BELM with the predictor–corrector start-up, `belm_core.recommended`;
+            from x_N or a set latent only, module docstring).
         gamma: BDIA's γ (docs/math.md §6); ignored by the other methods.
         invert_sigmas, shift_terminal, use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas,
         stochastic_sampling: not reproduced; a config setting any of them is refused (ValueError).
@@ -734,17 +828,6 @@ class BELMFlowInverseScheduler(_Inversion, _FlowFamily):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _inversion_indices(solver: Solver) -> list[int]:
-    """Grid index of the model time of each inversion step's model call, from a dry run of the method on one number."""
-    stepper = Stepper.inversion(solver, torch.zeros(1, dtype=torch.float64))
-    indices = []
-    while not stepper.done:
-        _, index = stepper.need()
-        indices.append(index)
-        stepper.advance(torch.zeros(1, dtype=torch.float64))
-    return indices
-
-
 def _as_numpy(values: Any) -> np.ndarray:
     """A tensor, array or sequence as a NumPy array (on the CPU)."""
     return np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values)

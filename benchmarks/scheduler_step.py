@@ -42,6 +42,7 @@ def schedulers() -> dict:
         "BELMScheduler(o-belm)": lambda: BELMScheduler.from_config(SD15, method="o-belm"),
         "BELMScheduler(bdia)": lambda: BELMScheduler.from_config(SD15, method="bdia", gamma=1.0),
         "BELMScheduler(ddim)": lambda: BELMScheduler.from_config(SD15, method="ddim"),
+        "BELMScheduler(recommended)": lambda: BELMScheduler.from_config(SD15, method="recommended"),
         "DDIMScheduler": lambda: DDIMScheduler.from_config(SD15),
         REFERENCE: lambda: DPMSolverMultistepScheduler.from_config(SD15),
     }

@@ -17,7 +17,7 @@ from backends.schedulers import (  # noqa: E402
     BELMInverseScheduler,
     BELMScheduler,
 )
-from belm_core import FlowMatch, Latent, Solver  # noqa: E402
+from belm_core import FlowMatch, Latent, Solver, recommended  # noqa: E402
 
 PROMPT = "a photo of a cat"
 STEPS = 8
@@ -197,13 +197,16 @@ def test_scale_noise_matches_diffusers():
 
 
 # -- the step protocol against belm_core ----------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["o-belm", "bdia", "ddim"])
+@pytest.mark.parametrize("method", ["o-belm", "bdia", "ddim", "recommended"])
 def test_manual_loops_equal_solver(method):
-    """A pipeline-style loop through either scheduler gives Solver.sample / Solver.invert bit for bit."""
+    """A pipeline-style loop through either scheduler gives Solver.sample / Solver.invert bit for bit
+    ("recommended": `belm_core.recommended`'s method and predictor–corrector start-up)."""
     kw = {"gamma": 0.9} if method == "bdia" else {}
     sched = BELMFlowScheduler.from_config(FLUX_CONFIG, method=method, **kw)
     sched.set_timesteps(**_flux_set_timesteps_args(12))
-    solver = Solver(sched.schedule, method=sched.method, timesteps=sched.solver.timesteps, prediction="velocity")
+    options = recommended(sched.schedule, 12) if method == "recommended" else {"method": sched.method}
+    assert method != "recommended" or options == {"method": "o-belm", "startup": "pc"}
+    solver = Solver(sched.schedule, timesteps=sched.solver.timesteps, prediction="velocity", **options)
     x = torch.randn(2, FLUX_SEQ, 8, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(_loop(sched, x), solver.sample(_model, x).float(), rtol=0, atol=0)
     inv = BELMFlowInverseScheduler.from_config(FLUX_CONFIG, method=method, **kw)
@@ -281,6 +284,28 @@ def test_exact_reconstruction_through_the_pipelines(case, name):
     mse = float(((z0_again.double() - c.z0.double()) ** 2).mean())
     assert mse <= 1e-16, mse
     assert sampler.solver.grid.key == inverse.solver.grid.key
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_recommended_inside_the_pipelines(case, name):
+    """method="recommended" inside pipe(...) is Solver.sample with `recommended`'s start-up ("pc", whose
+    corrector reads the predictor: not a state the Euler-style loop would hold), and it inverts and
+    reconstructs through the pipeline."""
+    c = case(name)
+    z = torch.randn(c.z0.shape, generator=torch.Generator().manual_seed(2))
+    out = c.run(BELMFlowScheduler.from_config(c.config, method="recommended"), z)
+    grid = c.pipe.scheduler.solver.timesteps
+    schedule = flow_schedule_from_config(c.config)
+    solver = Solver(schedule, timesteps=grid, prediction="velocity", **recommended(schedule, STEPS))
+    with torch.no_grad():
+        assert torch.equal(out, solver.sample(c.v, z).float())
+    assert not torch.equal(out, c.run(BELMFlowScheduler.from_config(c.config, method="o-belm"), z))
+    c.run(BELMFlowInverseScheduler.from_config(c.config, method="recommended"), c.z0)
+    latent = c.pipe.scheduler.latent
+    sampler = BELMFlowScheduler.from_config(c.config, method="recommended")
+    sampler.set_latent(latent)
+    again = c.run(sampler, latent.states[0].float())
+    assert float(((again.double() - c.z0.double()) ** 2).mean()) <= 1e-16
 
 
 # -- config persistence ---------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import tiny_pipelines as tp  # noqa: E402
 from backends.config import schedule_from_config, solver_options  # noqa: E402
 from backends.schedulers import BELMInverseScheduler, BELMScheduler  # noqa: E402
 from backends.unet import UNetEps  # noqa: E402
-from belm_core import Latent, Solver  # noqa: E402
+from belm_core import Latent, Solver, recommended  # noqa: E402
 
 PROMPT = "a photo of a cat"
 BUILDERS = {
@@ -204,22 +204,111 @@ def test_method_ddim_matches_diffusers_ddim(built, prediction):
     assert (a - x_T).abs().max() > 0.1  # (it did sample)
 
 
+# -- method="recommended": belm_core.recommended through the pipeline -----------------------------------------------
+def _recommended_solver(config, steps=STEPS):
+    schedule = schedule_from_config(config)
+    return Solver(schedule, steps, **{**solver_options(config), **recommended(schedule, steps)})
+
+
+@pytest.mark.parametrize("name", ["sd", "sd_v"])
+def test_recommended_inside_the_pipeline_is_the_recommended_solver(built, name):
+    """method="recommended" runs `belm_core.recommended`'s sampler (its grid, start-up, shifted and trajectory
+    reads) inside pipe(...): the UNet sees the inputs and times Solver.sample shows it, STEPS calls in all."""
+    pipe, config = built(name)
+    x_T = _z0(11)
+    sched = BELMScheduler.from_config(config, method="recommended")
+    with UNetRecorder(pipe.unet) as seen:
+        out = _run(pipe, sched, x_T, 1.0)
+    solver = _recommended_solver(config)
+    assert sched.method.signature() == solver.method.signature() and sched.solver.startup == solver.startup
+    assert sched.solver.grid.key == solver.grid.key and solver.timesteps[0] == config.num_train_timesteps - 1
+    hidden = seen.calls[0][2]
+    eps = UNetEps(pipe.unet, solver.schedule, prediction_type=config.prediction_type, encoder_hidden_states=hidden)
+    with UNetRecorder(pipe.unet) as ref:
+        expected = solver.sample(eps, x_T)
+    times = [c[1] for c in seen.calls]
+    assert times == [c[1] for c in ref.calls] == sched.timesteps.tolist() and len(times) == STEPS
+    assert times != solver.timesteps.tolist()  # (it reads away from the grid's times)
+    for (a, *_), (b, *_) in zip(seen.calls, ref.calls):
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(out, expected.float(), rtol=2e-6, atol=2e-6)
+
+
+def test_recommended_manual_loops_equal_the_solver_bit_for_bit(built):
+    """Float64 manual loops (sampling, inversion, sampling the latent) give Solver.sample / Solver.invert exactly;
+    the last step returns x_0, the others the next call's model input."""
+    pipe, config = built("sd")
+    unet = _unet_fn(pipe, config)
+
+    def model(z, t):
+        with torch.no_grad():
+            return unet(z.float(), t).double()
+
+    solver = _recommended_solver(config)
+    x_T = _z0(13).double()
+    sched = BELMScheduler.from_config(config, method="recommended")
+    sched.set_timesteps(STEPS)
+    x = x_T
+    for t in sched.timesteps:
+        x = sched.step(model(x, t), t, x).prev_sample
+    assert torch.equal(x, solver.sample(model, x_T))
+    inv = BELMInverseScheduler.from_config(config, method="recommended")
+    inv.set_timesteps(STEPS)
+    z = x
+    for t in inv.timesteps:
+        z = inv.step(model(z, t), t, z).prev_sample
+    reference = solver.invert(model, x)
+    assert all(torch.equal(a, b) for a, b in zip(inv.latent.states, reference.states))
+    assert torch.equal(z, reference.states[0])
+    sched.set_latent(inv.latent)
+    sched.set_timesteps(STEPS)
+    y = inv.latent.states[0]
+    for t in sched.timesteps:
+        y = sched.step(model(y, t), t, y).prev_sample
+    assert torch.equal(y, solver.sample(model, reference))
+
+
+def test_recommended_refuses_img2img_and_edited_latents(built):
+    """Its calls are not at the grid's states and times, so a mid-grid start or an edited sample cannot
+    re-sync: a clear ValueError, not a silently different sampler."""
+    _, config = built("sd")
+    x = torch.randn(1, 4, 8, 8)
+    sched = BELMScheduler.from_config(config, method="recommended")
+    sched.set_timesteps(STEPS)
+    sched.set_begin_index(3)
+    with pytest.raises(ValueError, match="img2img.*method='o-belm'"):
+        sched.step(x, sched.timesteps[3], x)
+    sched.set_timesteps(STEPS)
+    with pytest.raises(ValueError, match="away from the grid"):
+        sched.step(x, sched.timesteps[2], x)  # a start that is not at x_N
+    ts = sched.timesteps
+    y = sched.step(torch.zeros_like(x), ts[0], x).prev_sample
+    with pytest.raises(ValueError, match="not the one the previous step returned"):
+        sched.step(torch.zeros_like(x), ts[1], y.clone())
+    with pytest.raises(ValueError, match="dpl-ob-traj needs 3"):
+        sched.set_latent(Latent((x.double(), x.double()), index=STEPS, method="dpl-ob-traj", grid_key=sched.solver.grid.key))
+
+
 # -- exact reconstruction ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method,arrays", [("o-belm", 2), ("recommended", 3)])
 @pytest.mark.parametrize("name", list(BUILDERS))
-def test_exact_reconstruction_through_the_pipeline(built, name):
-    """Inversion as pipe.scheduler (the pipeline's own CFG), then set_latent and the same pipeline call."""
+def test_exact_reconstruction_through_the_pipeline(built, name, method, arrays):
+    """Inversion as pipe.scheduler (the pipeline's own CFG), then set_latent and the same pipeline call
+    ("recommended": dpl-ob-traj, whose latent carries its velocity register as a third array)."""
     pipe, config = built(name)
     g, z0 = GUIDANCE[name], _z0(4)
-    inv = BELMInverseScheduler.from_config(config, method="o-belm")
+    inv = BELMInverseScheduler.from_config(config, method=method)
     _run(pipe, inv, z0, g)
     latent = inv.latent
-    assert latent.index == STEPS and latent.method == "o-belm" and latent.dtype == "float32"
-    assert [s.dtype for s in latent.states] == [torch.float64] * 2
-    sched = BELMScheduler.from_config(config, method="o-belm")
+    assert latent.index == STEPS and latent.method == inv.method.signature() and latent.dtype == "float32"
+    assert [s.dtype for s in latent.states] == [torch.float64] * arrays
+    sched = BELMScheduler.from_config(config, method=method)
     sched.set_latent(latent)
     rec = _run(pipe, sched, latent.states[0].to(pipe.unet.dtype), g)
     assert rec.dtype == z0.dtype
     assert float(((rec.double() - z0.double()) ** 2).mean()) <= 1e-16
+    if method != "o-belm":
+        return
     # DDIM as control: same pipeline, same ε, but inexact inversion
     inv_ddim = BELMInverseScheduler.from_config(config, method="ddim")
     _run(pipe, inv_ddim, z0, g)

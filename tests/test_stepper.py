@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from belm_core import BDIA, DiscreteVP, Solver, arrays
+from belm_core import BDIA, DiscreteVP, FlowMatch, Solver, arrays, recommended
 from belm_core.stepper import Stepper
 
 METHODS = ["o-belm", "ddim", "edict", "belm3", BDIA(gamma=0.8)]
@@ -71,3 +71,78 @@ def test_all_finite_fast_path_is_exact():
     big[3] = np.inf
     assert not arrays.all_finite(big)
     assert not arrays.all_finite(np.array([1.0, np.nan]))
+
+
+# -- start-ups, shifted and trajectory reads, steps without a model call -------------------------------------
+RECOMMENDED = [DiscreteVP.linear(), DiscreteVP.scaled_linear(), DiscreteVP.cosine(), FlowMatch(shift=3.0)]
+
+
+def _recommended_solver(schedule, N):
+    kw = recommended(schedule, N)
+    if isinstance(schedule, FlowMatch):
+        kw["prediction"] = "velocity"
+    return Solver(schedule, steps=N, **kw)
+
+
+class _Recorder:
+    """eps_fn that records (input, t) of every call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, t):
+        self.calls.append((np.array(x, copy=True), t))
+        return eps_fn(x, t)
+
+
+@pytest.mark.parametrize("N", [2, 3, 5, 12])
+@pytest.mark.parametrize("schedule", RECOMMENDED, ids=lambda s: getattr(s, "beta_schedule", "flow"))
+def test_recommended_configurations_equal_the_solver(schedule, N, x0):
+    """Start-ups ("pc", "pc-shift"), shifted and trajectory reads: the Stepper makes the Solver's calls
+    (same model inputs, same model times, N of them) and its results, bit for bit, both ways."""
+    solver = _recommended_solver(schedule, N)
+    ref, ours = _Recorder(), _Recorder()
+    expected = solver.sample(ref, x0)
+    stepper = Stepper.sampling(solver, x0)
+    assert np.array_equal(stepper.run(ours).head[1], expected)
+    assert len(ours.calls) == len(ref.calls) == N
+    for (a, t), (b, u) in zip(ours.calls, ref.calls):
+        assert t == u and np.array_equal(a, b)
+    latent = solver.invert(eps_fn, x0)
+    mine = Stepper.inversion(solver, x0).run(eps_fn).latent()
+    assert all(np.array_equal(a, b) for a, b in zip(mine.states, latent.states))
+    assert np.array_equal(Stepper.from_latent(solver, latent).run(eps_fn).head[1], solver.sample(eps_fn, latent))
+
+
+def test_next_call_says_where_the_model_is_read(x0):
+    """The first call is the plain (x_N, t_N); the "pc-shift" corrector reads the DDIM predictor (not a
+    carry state) at row N−1's shifted time with input scale κ; `need()` refuses a shifted call."""
+    sch = DiscreteVP.scaled_linear()
+    solver = _recommended_solver(sch, 6)
+    assert solver.startup == "pc-shift"
+    stepper = Stepper.sampling(solver, x0)
+    first = stepper.next_call()
+    assert first.on_grid and first.index == 6 and first.time == solver.grid.t(6) and first.input is first.x
+    assert stepper.need() == (first.x, 6)
+    assert not stepper.advance(eps_fn(first.input, first.time))  # the start-up needs a second call
+    second = stepper.next_call()
+    shift = solver._plan.shift
+    assert second.index == 5 and not second.on_grid
+    assert second.time == shift.time[5] != solver.grid.t(5) and second.scale == shift.scale[5] != 1.0
+    np.testing.assert_array_equal(second.input, second.scale * second.x)
+    with pytest.raises(ValueError, match="next_call"):
+        stepper.need()
+
+
+def test_a_step_without_a_model_call_is_taken_at_once(x0):
+    """N = 2 with the predictor–corrector start: row 1 reuses the start-up's ε, so the walk is done
+    with the second call (no third call is asked for)."""
+    solver = Solver(DiscreteVP.linear(), steps=2, method="o-belm", startup="pc", spacing="trailing")
+    stepper = Stepper.sampling(solver, x0)
+    calls = 0
+    while not stepper.done:
+        call = stepper.next_call()
+        stepper.advance(eps_fn(call.input, call.time))
+        calls += 1
+    assert calls == 2 and stepper.head[0] == 0 and stepper.steps_done == 2
+    assert np.array_equal(stepper.head[1], solver.sample(eps_fn, x0))

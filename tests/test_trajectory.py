@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from belm_core import DiscreteVP, FlowMatch, Latent, LinearVP, Solver, TrajectoryReading, make_grid, recommended
 from belm_core.methods import get_method
-from belm_core.stepper import Stepper
 from helpers import AnalyticEps, Count, Spy, held_out_mixture, random_schedule_grid, assert_exact_p_family_round_trip
 
 
@@ -134,5 +133,3 @@ def test_within_budget_and_refusals():
             TrajectoryReading(max_ratio=bad)
     with pytest.raises(ValueError, match="ε-prediction"):
         Solver(FlowMatch(shift=3.0), steps=8, method="dpl-ob-traj", prediction="velocity")
-    with pytest.raises(ValueError, match="shifted noise levels"):
-        Stepper.sampling(Solver(sch, steps=8, method="dpl-ob-traj"), np.zeros((1, 3)))
