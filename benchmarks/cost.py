@@ -12,8 +12,10 @@
    on a (4, 3, 32, 32) torch tensor and NumPy array: time per step of `Solver.sample`,
    plus a cProfile breakdown of where an o-belm step spends it.
 3. **Peak memory.** One subprocess per method (fresh interpreter): resident-set peak
-   (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) after a warm-up UNet call and after the
-   full sampling run; the difference is what sampling adds on top of the model
+   (`VmHWM` of /proc/self/status, the process's own high-water mark; elsewhere than Linux
+   `ru_maxrss`, which Linux carries over from the parent through fork and exec, so that a
+   parent that once held more than the child reads as the child's peak) after a warm-up
+   UNet call and after the full sampling run; the difference is what sampling adds on top of the model
    (torch CPU allocations are invisible to tracemalloc). Repeated with a large state
    and a cheap ε to expose the solver's own footprint in units of the state size; for
    NumPy states the same with `tracemalloc` (exact peak of Python-visible allocations). For NumPy states on the
@@ -152,10 +154,27 @@ def _overhead(quick: bool):
     return out, prof_txt
 
 
-def _child_memory(method: str) -> dict:
-    """Run inside a subprocess: maxrss before/after a full sampling run."""
+def peak_rss_kib() -> int:
+    """This process's resident-set peak in KiB: `VmHWM` of /proc/self/status where it exists.
+
+    Not `ru_maxrss` on Linux: the kernel keeps it across fork and exec, so a child started
+    by a process that once held more memory reports the parent's peak as its own (a
+    fresh interpreter then reads, e.g., 785 MiB before and after any sampling run).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     import resource
 
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def _child_memory(method: str) -> dict:
+    """Run inside a subprocess: maxrss before/after a full sampling run."""
     import torch
 
     from backends.unet import UNetEps
@@ -168,19 +187,17 @@ def _child_memory(method: str) -> dict:
     x_T = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
         unet(x_T.float(), torch.full((2,), 500))  # warm-up: the model's own working set
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_kib()
     if method == "diffusers DDIM loop":
         diffusers_ddim_loop(unet, schedule, x_T, STEPS)
     else:
         Solver(schedule, STEPS, method).sample(eps, x_T)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = peak_rss_kib()
     return {"before_kib": before, "after_kib": after}
 
 
 def _child_memory_free(method: str) -> dict:
     """In a subprocess: maxrss growth of sampling a large state (64 MiB) with a cheap ε (a new tensor per call)."""
-    import resource
-
     import torch
 
     from belm_core import DiscreteVP, Solver
@@ -191,9 +208,9 @@ def _child_memory_free(method: str) -> dict:
         return x * 0.5  # like a model: a fresh tensor every call
 
     solver = Solver(DiscreteVP.scaled_linear(), STEPS, method)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_kib()
     solver.sample(eps, x_T)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = peak_rss_kib()
     return {"before_kib": before, "after_kib": after, "state_kib": x_T.numel() * 8 / 1024}
 
 

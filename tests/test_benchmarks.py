@@ -3,6 +3,8 @@ data (properties, not golden numbers)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -133,6 +135,23 @@ def _cost_data() -> cost.CostData:
         tracemalloc={"ddim": 3 * 2**20, "o-belm": 2**21}, state_bytes=2**20,
         derive={2: 0.5, 3: "> 240 s"}, coefficients={2: 2e-6, 3: "ValueError: unstable"},
     )
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_peak_rss_is_the_childs_own_not_the_parents():
+    """A fresh interpreter started by a process that held 200 MiB reads its own peak (the
+    kernel's ru_maxrss would report the parent's 200 MiB+ as the child's)."""
+    import resource
+    import subprocess
+    import sys
+
+    held = np.ones(200 * 2**20 // 8)  # touched: resident
+    parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    code = "from benchmarks.cost import peak_rss_kib; print(peak_rss_kib())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=cost.REPO, capture_output=True, text=True, check=True)
+    child = int(out.stdout.strip().splitlines()[-1])
+    del held
+    assert 0 < child < parent - 150 * 1024
 
 
 def test_cost_render_tables():
