@@ -39,9 +39,12 @@ grid). Still N model calls and exact inversion, but the model is read away from 
 start-up's corrector at its DDIM predictor, shifted rows at κ_i x_i and model time t*_i,
 trajectory rows at an extrapolated state (docs/math.md §12–§16), so `prev_sample` is that
 input (κ included: the pipeline feeds it to the model unchanged) and `timesteps` are those
-times. Hence it runs only from x_N or a set latent with the latents unchanged between steps:
-img2img (`set_begin_index` > 0), inpainting and callbacks that edit the latents get a
-ValueError (use "o-belm" there). Its latents hold three arrays (x_N, x_{N−1}, w_N, VP).
+times. Each such input is read as a state at its call's model time. A sample the caller
+replaced (img2img's image noised by `add_noise` at `timesteps[begin_index]`, an inpainting
+blend, a callback's edit) restarts the walk from it at that model time t: with the model
+output at (sample, t) in hand, one DDIM move along x̂0 + σ̄ ε onto the levels of the row that
+call belongs to and the one below (`Stepper.resuming`, `LinearMultistep.resume`), then the
+method's rows and their published times. Its latents hold three arrays (x_N, x_{N−1}, w_N, VP).
 
 **VP grid.** N = num_inference_steps, laid out by `timestep_spacing` and `steps_offset`; the last
 step ends at ᾱ = 1 (`set_alpha_to_one` True or absent) or at ᾱ_0 (`set_alpha_to_one=False`, as
@@ -68,7 +71,8 @@ scheduler continues from its float64 states. Otherwise (a `callback_on_step_end`
 edited the latents, or img2img starts mid-grid) it starts a fresh history from the new
 sample at the grid position of `timestep`: a DDIM step first, then the method (the start-up
 of a lone x_N). The float64 states of the old history are dropped; the result equals a fresh
-run started from the edited latents.
+run started from the edited latents. (method="recommended", whose calls are off the grid:
+the restart from the call's model time described above.)
 
 **Inverse timesteps.** An inverse scheduler's `timesteps` are the model times at which each
 inversion step needs the model, found by a dry run of the method's inversion: for O-BELM and
@@ -330,16 +334,25 @@ class _SchedulerCore(SchedulerMixin, ConfigMixin):
         stepper = self._stepper
         return stepper.head[1] if stepper.done else stepper.next_call().input
 
-    def _call_times(self, stepper: Stepper) -> tuple[list, bool]:
-        """The model time of each model call of a walk (a dry run of `stepper`, built on zeros), and
-        whether every call is at a grid state and its model time (`Call.on_grid`)."""
-        times, on_grid = [], True
+    def _dry_run(self, stepper: Stepper) -> tuple[list, list, bool]:
+        """(model time, grid row) of each model call of a walk (a dry run of `stepper`, built on
+        zeros), and whether every call is at a grid state and its model time (`Call.on_grid`)."""
+        times, rows, on_grid = [], [], True
         while not stepper.done:
             call = stepper.next_call()
             times.append(call.time)
+            rows.append(call.index)
             on_grid = on_grid and call.on_grid
             stepper.advance(torch.zeros_like(call.x))
-        return times, on_grid
+        return times, rows, on_grid
+
+    def _restart(self, model_output: torch.Tensor, t, sample: torch.Tensor, index: int) -> None:
+        """Walk on from `sample` taken as a state at model time t, the model's output there in hand,
+        as grid row `index` (`Stepper.resuming`); that output is used up."""
+        x = sample.to(torch.float64)
+        f = self._model_f(model_output, Call(x=x, index=index, time=t, scale=1.0, on_grid=False))
+        self._stepper = Stepper.resuming(self.solver, x, t, f, index)
+        self._skip = True
 
     def _emit(self, state: torch.Tensor, sample: torch.Tensor, return_dict: bool, output=SchedulerOutput):
         """`state` in the caller's dtype (a fresh tensor), remembered for the identity check."""
@@ -347,13 +360,6 @@ class _SchedulerCore(SchedulerMixin, ConfigMixin):
         self._returned, self._returned_version = out, out._version
         self._steps += 1
         return output(prev_sample=out) if return_dict else (out,)
-
-    def _off_grid_error(self, what: str) -> ValueError:
-        return ValueError(
-            f"{what}: {self.method.signature()} (method='recommended') calls the model away from the grid's states "
-            "and times (shifted reads, the start-up's predictor), so it runs from x_N or a set latent only, with "
-            "the latents unchanged between steps; use method='o-belm' for img2img, inpainting or edited latents"
-        )
 
     def _time_error(self, t, expected, index: int, what: str) -> ValueError:
         return ValueError(
@@ -409,7 +415,7 @@ class _Sampling(_SchedulerCore):
         self._start = solver.grid.N
         zero = torch.zeros(1, dtype=torch.float64)
         if self._latent is None:
-            times, self._on_grid = self._call_times(Stepper.sampling(solver, zero))
+            times, self._rows, self._on_grid = self._dry_run(Stepper.sampling(solver, zero))
             self._publish(times)
             return
         from belm_core.latent import check_for
@@ -421,11 +427,13 @@ class _Sampling(_SchedulerCore):
                 f"the latent given to set_latent() does not fit set_timesteps({solver.grid.N}) on this config: {err}"
             ) from err
         dry = self._latent.replace(states=tuple(zero for _ in self._latent.states))
-        times, self._on_grid = self._call_times(Stepper.from_latent(solver, dry))
+        times, rows, self._on_grid = self._dry_run(Stepper.from_latent(solver, dry))
         # the pipeline starts with a model call at the latent's first state x_K; a k-state latent
         # already holds what its first step would compute there, so that output goes unused
         self._wasted_first = not (times and times[0] == self._t[self._start])
-        self._publish(([self._t[self._start]] if self._wasted_first else []) + times)
+        first = [self._start] if self._wasted_first else []
+        self._rows = first + rows
+        self._publish([self._t[i] for i in first] + times)
 
     # -- one step -----------------------------------------------------------------------------
     def step(
@@ -439,9 +447,9 @@ class _Sampling(_SchedulerCore):
         """
         t = self._check_step_args(model_output, timestep, sample)
         if self._stepper is None:
-            self._begin(t, sample)
+            self._begin(t, sample, model_output)
         elif not self._is_returned(sample):
-            self._resync(t, sample)
+            self._resync(t, sample, model_output)
         elif self._stepper.done:
             raise ValueError(f"all {len(self.timesteps)} steps are done; call set_timesteps to start a new run")
         if self._skip:  # the model output at a set latent's first state: its carry holds what comes next
@@ -459,14 +467,12 @@ class _Sampling(_SchedulerCore):
                 f"timestep={t} is not on this scheduler's grid {self._t[:0:-1]}; pass one of scheduler.timesteps"
             ) from None
 
-    def _begin(self, t, sample: torch.Tensor) -> None:
+    def _begin(self, t, sample: torch.Tensor, model_output: torch.Tensor) -> None:
         """The first step of a run: from the set latent, or from the sample at t's grid position."""
         expected = self._start
         if self._begin_index is not None:
             if self._begin_index >= len(self.timesteps):
                 raise ValueError(f"begin_index={self._begin_index} is past the {len(self.timesteps)} timesteps")
-            if self._begin_index and not self._on_grid:
-                raise self._off_grid_error(f"begin_index={self._begin_index} (img2img starts mid-grid)")
             expected = self._start - self._begin_index
         if self._latent is not None:
             if t != self._t[expected] or expected != self._start:
@@ -482,26 +488,40 @@ class _Sampling(_SchedulerCore):
             self._stepper = Stepper.from_latent(self.solver, self._latent.replace(states=states))
             self._skip = self._wasted_first
             return
-        if not self._on_grid and t != self._t[self._start]:
-            raise self._off_grid_error(f"timestep={t} at the first step (not the grid's first time {self._t[self._start]})")
+        if not self._on_grid:  # calls away from the grid: position → row from the dry run
+            b = self._begin_index or 0
+            if t != self._as_time(self.timesteps[b].item()):
+                raise ValueError(
+                    f"timestep={t} does not match the grid: the first step is at timesteps[{b}] = "
+                    f"{self.timesteps[b].item()}; step through scheduler.timesteps in order"
+                )
+            if b == 0:
+                self._stepper = Stepper.sampling(self.solver, sample, self._start)
+            else:  # img2img: the image noised at timesteps[b], a state at that model time
+                self._restart(model_output, t, sample, self._rows[b])
+            return
         index = self._index_of(t)
         if self._begin_index is not None and index != expected:
             raise self._time_error(t, self._t[expected], expected, f"timesteps[begin_index={self._begin_index}]")
         self._stepper = Stepper.sampling(self.solver, sample, index)
 
-    def _resync(self, t, sample: torch.Tensor) -> None:
-        """The caller changed the sample: a fresh history from it at t's grid position (module docstring)."""
-        if not self._on_grid:
-            raise self._off_grid_error("the sample passed to step() is not the one the previous step returned")
-        self._stepper = Stepper.sampling(self.solver, sample, self._index_of(t))
+    def _resync(self, t, sample: torch.Tensor, model_output: torch.Tensor) -> None:
+        """The caller changed the sample: a fresh history from it (module docstring, re-sync rule)."""
         self._skip = False
+        if self._on_grid:  # a state x_i at t_i: the method's start-up from it
+            self._stepper = Stepper.sampling(self.solver, sample, self._index_of(t))
+            return
+        call = self._stepper.next_call()  # the call whose input was replaced
+        if t != self._as_time(call.time):
+            raise self._time_error(t, call.time, call.index, "the next model call")
+        self._restart(model_output, t, sample, call.index)
 
 
 class _Inversion(_SchedulerCore):
     """Exact inversion x_0 → Latent, one model call per step (module docstring: inverse timesteps)."""
 
     def _set_timesteps_for(self, solver: Solver) -> None:
-        self._publish(self._call_times(Stepper.inversion(solver, torch.zeros(1, dtype=torch.float64)))[0])
+        self._publish(self._dry_run(Stepper.inversion(solver, torch.zeros(1, dtype=torch.float64)))[0])
 
     def step(
         self, model_output: torch.Tensor, timestep: int | float | torch.Tensor, sample: torch.Tensor, return_dict: bool = True
@@ -752,7 +772,7 @@ class BELMScheduler(_Sampling, _VPFamily):
         prediction_type: what the model predicts ("epsilon", "v_prediction", "sample").
         method: "o-belm" (default; eq. 18, second order), "bdia" (with `gamma`), "ddim", or
             "recommended" (`belm_core.recommended`: "dpl-ob-traj" on the "trailing" grid with the
-            predictor–corrector start-up; from x_N or a set latent only, module docstring).
+            predictor–corrector start-up; module docstring).
         gamma: BDIA's γ (docs/math.md §6); ignored by the other methods.
 
     Precision and the re-sync rule: see the module docstring. `set_latent(latent)` makes the
@@ -793,8 +813,7 @@ class BELMFlowScheduler(_Sampling, _FlowFamily):
         use_dynamic_shifting, base_shift, max_shift, base_image_seq_len, max_image_seq_len,
         time_shift_type: Flux's resolution-dependent shift by `mu` (passed to `set_timesteps`).
         method: "o-belm" (default; eq. 18, second order), "bdia" (with `gamma`), "ddim" (Euler), or
-            "recommended" (O-BELM with the predictor–corrector start-up, `belm_core.recommended`;
-            from x_N or a set latent only, module docstring).
+            "recommended" (O-BELM with the predictor–corrector start-up, `belm_core.recommended`).
         gamma: BDIA's γ (docs/math.md §6); ignored by the other methods.
         invert_sigmas, shift_terminal, use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas,
         stochastic_sampling: not reproduced; a config setting any of them is refused (ValueError).

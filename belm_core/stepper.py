@@ -137,6 +137,23 @@ class Stepper:
         return cls(solver, "sample", solver.method.from_latent(solver._plan, states, index), 0)
 
     @classmethod
+    def resuming(cls, solver: Solver, x: Any, t: Any, f: Any, index: int) -> Stepper:
+        """Sample on from a state x at model time t whose model output f = f(x, t) is already
+        known, as the state of grid row `index` (`LinearMultistep.resume`: one DDIM move along
+        x̂0 + τ f onto x_index and x_{index−1}, no model call; then the method's rows).
+
+        A drop-in scheduler restarts here when its caller replaced a sample at a model call
+        that is not at the grid's states and times (docs/math.md §13, §16).
+        """
+        method = solver.method
+        if not isinstance(method, LinearMultistep):
+            raise TypeError(f"resuming needs a linear multistep method, not {method.signature()}")
+        if not (isinstance(index, int) and 1 <= index <= solver.grid.N):
+            raise ValueError(f"index={index!r} must be a grid index in [1, {solver.grid.N}]")
+        carry = method.resume(solver._plan, solver._to_state(x, "x"), float(t), solver._to_state(f, "f"), index)
+        return cls(solver, "sample", carry, 0)
+
+    @classmethod
     def inversion(cls, solver: Solver, x0: Any, until: int | None = None) -> Stepper:
         """Invert x0 (at grid index 0) up to grid index `until` (default N), as `Solver.invert` does."""
         solver.method.check_invertible()

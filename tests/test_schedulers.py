@@ -268,25 +268,88 @@ def test_recommended_manual_loops_equal_the_solver_bit_for_bit(built):
     assert torch.equal(y, solver.sample(model, reference))
 
 
-def test_recommended_refuses_img2img_and_edited_latents(built):
-    """Its calls are not at the grid's states and times, so a mid-grid start or an edited sample cannot
-    re-sync: a clear ValueError, not a silently different sampler."""
+def _point_mass_eps(schedule, c):
+    """Exact ε of data that is the single point c: every trajectory is the straight line x̄ = c + σ̄ n."""
+    def eps(x, t):
+        t = float(t)
+        return (x / float(schedule.alpha(t)) - c) / float(schedule.sigma_bar(t))
+    return eps
+
+
+@pytest.mark.parametrize("begin", [1, 3, 6])
+def test_recommended_img2img_and_edited_latents_restart_from_the_new_state(built, begin):
+    """img2img (set_begin_index b, the image noised at timesteps[b] by add_noise) and a sample replaced
+    mid-run restart the walk from that state at that call's model time. On point-mass data, whose
+    trajectories are straight, the restarted sampler still lands on the point (to rounding)."""
     _, config = built("sd")
-    x = torch.randn(1, 4, 8, 8)
+    config = {**config, "set_alpha_to_one": True}  # (the walk ends at the clean state, on the point itself)
+    sched = BELMScheduler.from_config(config, method="recommended")
+    schedule = sched.schedule
+    c = torch.linspace(-1.0, 1.0, 48, dtype=torch.float64).reshape(1, 3, 4, 4)
+    eps = _point_mass_eps(schedule, c)
+    noise = torch.randn(c.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(begin))
+    sched.set_timesteps(STEPS)
+    sched.set_begin_index(begin)
+    ts = sched.timesteps[begin:]
+    x = sched.add_noise(c, noise, ts[:1])
+    for n, t in enumerate(ts):
+        x = sched.step(eps(x, t), t, x).prev_sample
+        if n == 1 and n + 1 < len(ts):
+            x = 0.5 * x + 0.3  # an edit (a callback, an inpainting blend): a new state at the next call's time
+    torch.testing.assert_close(x, c, rtol=0, atol=1e-9)
+    plain = BELMScheduler.from_config(config, method="recommended")  # (and an unedited run from x_T, too)
+    plain.set_timesteps(STEPS)
+    x = torch.randn(c.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(9)) * 14.6
+    for t in plain.timesteps:
+        x = plain.step(eps(x, t), t, x).prev_sample
+    torch.testing.assert_close(x, c, rtol=0, atol=1e-9)
+
+
+def test_recommended_img2img_start_is_the_ddim_move_onto_the_grid(built):
+    """The img2img start, written out: from the noised image x* at t* = timesteps[b] with ε* = ε(x*, t*),
+    x̂0 = x*/α* − σ̄* ε*, the states of the call's row i and of i − 1 on the line x̂0 + σ̄ ε* (and the
+    velocity register E_i/2), sampled on with Solver.sample from that Latent."""
+    pipe, config = built("sd")
+    unet = _unet_fn(pipe, config)
+
+    def model(z, t):
+        with torch.no_grad():
+            return unet(z.float(), t).double()
+
     sched = BELMScheduler.from_config(config, method="recommended")
     sched.set_timesteps(STEPS)
-    sched.set_begin_index(3)
-    with pytest.raises(ValueError, match="img2img.*method='o-belm'"):
-        sched.step(x, sched.timesteps[3], x)
-    sched.set_timesteps(STEPS)
-    with pytest.raises(ValueError, match="away from the grid"):
-        sched.step(x, sched.timesteps[2], x)  # a start that is not at x_N
-    ts = sched.timesteps
-    y = sched.step(torch.zeros_like(x), ts[0], x).prev_sample
-    with pytest.raises(ValueError, match="not the one the previous step returned"):
-        sched.step(torch.zeros_like(x), ts[1], y.clone())
-    with pytest.raises(ValueError, match="dpl-ob-traj needs 3"):
-        sched.set_latent(Latent((x.double(), x.double()), index=STEPS, method="dpl-ob-traj", grid_key=sched.solver.grid.key))
+    b = 3
+    sched.set_begin_index(b)
+    t_star = int(sched.timesteps[b])
+    x_star = sched.add_noise(_z0(14).double(), torch.randn(_z0(14).shape, dtype=torch.float64), sched.timesteps[b:b + 1])
+    x = x_star
+    for t in sched.timesteps[b:]:
+        x = sched.step(model(x, t), t, x).prev_sample
+    solver, schedule = sched.solver, sched.schedule
+    g = solver.grid
+    i = g.N - b  # the row that call b reads (position p ↔ row N − p after the start-up's first call)
+    e = model(x_star, t_star)
+    x0_hat = x_star / float(schedule.alpha(t_star)) - float(schedule.sigma_bar(t_star)) * e
+    bar = {j: x0_hat + float(g.sigma_bar[j]) * e for j in (i, i - 1)}
+    register = (bar[i] - bar[i - 1]) / (2 * float(g.h[i]))
+    states = (float(g.alpha[i]) * bar[i], float(g.alpha[i - 1]) * bar[i - 1], register)
+    latent = Latent(states, index=i, method=sched.method.signature(), grid_key=g.key)
+    torch.testing.assert_close(x, solver.sample(model, latent), rtol=1e-12, atol=1e-12)
+
+
+def test_recommended_in_an_img2img_pipeline(built):
+    """StableDiffusionImg2ImgPipeline with method="recommended": the UNet sees the published timesteps
+    from timesteps[b] on (strength 0.5: the last N/2 calls), and the result is finite and moved."""
+    pipe, config = built("sd")
+    img2img = diffusers.StableDiffusionImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+    img2img.scheduler = BELMScheduler.from_config(config, method="recommended")
+    image = _z0(15)  # 4 channels: taken as latents
+    with UNetRecorder(img2img.unet) as seen:
+        out = img2img(PROMPT, image=image, strength=0.5, num_inference_steps=STEPS, guidance_scale=3.0,
+                      output_type="latent").images
+    assert [c[1] for c in seen.calls] == img2img.scheduler.timesteps[STEPS // 2:].tolist()
+    assert torch.isfinite(out).all() and float((out - image).abs().max()) > 1e-3
 
 
 # -- exact reconstruction ---------------------------------------------------------------------------------------

@@ -146,3 +146,49 @@ def test_a_step_without_a_model_call_is_taken_at_once(x0):
         calls += 1
     assert calls == 2 and stepper.head[0] == 0 and stepper.steps_done == 2
     assert np.array_equal(stepper.head[1], solver.sample(eps_fn, x0))
+
+
+# -- resuming from a state at any model time ---------------------------------------------------------------------
+def test_resuming_at_a_grid_time_is_the_ddim_start(x0):
+    """At t = t_index the DDIM move onto the grid is the DDIM start-up itself (same result to rounding)."""
+    solver = Solver(DiscreteVP.scaled_linear(), steps=10, method="o-belm", spacing="trailing")
+    i = 7
+    t = solver.grid.t(i)
+    resumed = Stepper.resuming(solver, x0, t, eps_fn(x0, t), i).run(eps_fn).head[1]
+    fresh = Stepper.sampling(solver, x0, i).run(eps_fn).head[1]
+    np.testing.assert_allclose(resumed, fresh, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("schedule", [DiscreteVP.linear(), FlowMatch(shift=3.0)], ids=["vp", "flow"])
+def test_resuming_off_the_grid_follows_straight_trajectories(schedule):
+    """Point-mass data (every trajectory a straight line to c): resumed at a model time between grid
+    times, in ε or velocity coordinates, the recommended sampler lands on c."""
+    solver = _recommended_solver(schedule, 8)
+    c = np.linspace(-1.0, 1.0, 12).reshape(3, 4)
+    n = np.random.default_rng(3).standard_normal(c.shape)
+    i = 5
+    t = 0.5 * (float(solver.grid.t(i)) + float(solver.grid.t(i + 1)))  # off the grid
+    if isinstance(schedule, FlowMatch):
+        s = float(schedule.sigma(t))
+
+        def f(x, t):
+            return (x - c) / float(schedule.sigma(t))  # v = n − c on x = (1 − σ) c + σ n
+        x = (1 - s) * c + s * n
+    else:
+        t = float(round(t))
+
+        def f(x, t):
+            return (x / float(schedule.alpha(t)) - c) / float(schedule.sigma_bar(t))
+        x = float(schedule.alpha(t)) * (c + float(schedule.sigma_bar(t)) * n)
+    np.testing.assert_allclose(Stepper.resuming(solver, x, t, f(x, t), i).run(f).head[1], c, atol=1e-10)
+
+
+def test_resuming_refuses_bad_rows_and_methods(x0):
+    solver = Solver(DiscreteVP.scaled_linear(), steps=6, spacing="linspace")
+    for bad in (0, 7, 2.0):
+        with pytest.raises(ValueError, match="index="):
+            Stepper.resuming(solver, x0, 500, x0, bad)
+    with pytest.raises(TypeError, match="linear multistep"):
+        Stepper.resuming(Solver(DiscreteVP.scaled_linear(), steps=6, method="edict"), x0, 500, x0, 3)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        Stepper.resuming(solver, x0, 500, np.full_like(x0, np.nan), 3)

@@ -234,6 +234,28 @@ class LinearMultistep(Method):
     def from_latent(self, plan, states, index):
         return Carry(index=index - self.k + 1, xs=tuple(reversed(states)), eps=(None,) * len(states))
 
+    def resume(self, plan: MultistepPlan, x: Any, t: float, f: Any, index: int) -> Carry:
+        """The sampling carry at grid index `index` − 1 from a state x at model time t (on the
+        grid or not) whose model output f = f(x, t) is known, without a model call.
+
+        x and f give the data prediction and the line through x along which f is constant, in
+        the grid's coordinates (y = x/s, docs/math.md §11; DDIM's step, exact on straight
+        trajectories):  x̂0 = x/s(t) − τ(t) f,  y_j = x̂0 + τ_j f.  The walk goes on from
+        x_index and x_{index−1} on that line (the states a 2-step row reads; one for k = 1),
+        i.e. the DDIM start-up taken from level t instead of t_index. A replaced state in a
+        drop-in scheduler (img2img's noised image, an edited latent) restarts here.
+        """
+        g = plan.grid
+        if not (1 <= index <= g.N):
+            raise ValueError(f"index={index!r} must be a grid index in [1, {g.N}]")
+        s_t, tau_t = (float(v) for v in g.schedule.coordinates(t, g.prediction))
+        xs = []
+        for j in (index - 1, index)[: self.k]:
+            s_j, tau_j = float(g.scale[j]), float(g.tau[j])
+            # x_j = s_j (x/s(t) + (τ_j − τ(t)) f)
+            xs.append(recurrence.linear_combination([s_j / s_t, s_j * (tau_j - tau_t)], [x, f]))
+        return Carry(index=index - 1, xs=tuple(xs), eps=(None,) * len(xs))
+
     def step(self, plan: MultistepPlan, carry: Carry, evaluate: Evaluate) -> Carry:
         i = carry.index  # newest state x_i; compute x_{i−1}
         kk = min(len(carry.xs), self.k)
