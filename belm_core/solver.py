@@ -451,11 +451,15 @@ class _Evaluator:
         self.scale = scale  # max |x| of the starting state (read only when ε is non-finite)
         self.step = 0
         self._borrowed = None
+        self.pass_input = True  # False: eps_fn ignores its input (a Stepper's hand-over), so none is made
 
     def __call__(self, x: Any, index: int, t: Any = None, scale: float = 1.0) -> Any:
         solver = self.solver
         t = solver.grid.t(index) if t is None else t
-        x_in = arrays.copy(x) if scale == 1.0 else scale * x  # eps_fn may write to its input: never pass x itself
+        if not self.pass_input:
+            x_in = None
+        else:  # eps_fn may write to its input: never pass x itself
+            x_in = arrays.copy(x) if scale == 1.0 else scale * x
         raw = self.eps_fn(x_in, t)
         returned_input = raw is x_in  # (an ε that returns its argument returns our copy)
         del x_in  # free the copy before ε is cast and checked: the peak stays where it was

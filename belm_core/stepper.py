@@ -116,6 +116,7 @@ class Stepper:
         self._first = first  # the start-up's step (sampling from a lone state), or None
         self._given_eps: Any = None
         self._evaluator = _Evaluator(solver, self._given, direction, _max_abs(self.head[1]))
+        self._evaluator.pass_input = False  # (`_given` hands over the ε given to `advance`)
         self.steps_done = 0
 
     # -- construction ------------------------------------------------------------------------
