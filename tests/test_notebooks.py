@@ -11,7 +11,8 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 #: what each notebook must print: its claims, checked
 MARKERS = {
     "quickstart.ipynb": ("round-trip MSE", "UNSTABLE"),
-    "diffusers.ipynb": ("reconstruction: round-trip MSE", "pipeline-loop inversion"),
+    "diffusers.ipynb": ("reconstruction: round-trip MSE", "pipeline-loop inversion", "recommended inversion",
+                        "img2img with the recommended sampler"),
 }
 
 
