@@ -97,7 +97,7 @@ class _Replay:
 class Stepper:
     """One direction of a `Solver`, advanced by one ε at a time (module docstring).
 
-    Build it with `Stepper.sampling`, `Stepper.from_latent` or `Stepper.inversion`.
+    Build it with `Stepper.sampling`, `Stepper.from_latent`, `Stepper.resuming` or `Stepper.inversion`.
 
     Attributes:
         solver: the Solver whose grid, plan and checks are used.
