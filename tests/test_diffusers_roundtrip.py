@@ -27,8 +27,8 @@ def _mse(a, b) -> float:
     return float(((a.double() - b.double()) ** 2).mean())
 
 
-def _reconstruct(pipe, cfg, latent, g):
-    pipe.scheduler = BELMScheduler.from_config(cfg, method="o-belm")
+def _reconstruct(pipe, cfg, latent, g, method="o-belm"):
+    pipe.scheduler = BELMScheduler.from_config(cfg, method=method)
     pipe.scheduler.set_latent(latent)
     return pipe("a cat", latents=latent.states[0].to(pipe.unet.dtype), num_inference_steps=8, guidance_scale=g,
                 output_type="latent").images
@@ -93,17 +93,19 @@ def test_flow_apps_invert_then_pipeline_call_reconstructs(name):
     assert _mse(out, z0) <= 1e-16
 
 
+@pytest.mark.parametrize("method", ["o-belm", "recommended"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_low_precision_pipeline_round_trip_is_exact_in_its_dtype(dtype):
+def test_low_precision_pipeline_round_trip_is_exact_in_its_dtype(dtype, method):
     """The scheduler keeps float64 states while the pipeline runs in fp16/bf16: the round trip
-    through `pipe(...)` gives the pipeline-dtype z0 back bit for bit."""
+    through `pipe(...)` gives the pipeline-dtype z0 back bit for bit (also for method="recommended",
+    whose model inputs are κ-scaled, off-grid states rounded to the pipeline's dtype)."""
     pipe = tiny_sd_pipeline("epsilon").to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     cfg = pipe.scheduler.config
     z0 = _z0(pipe).to(dtype)
-    pipe.scheduler = BELMInverseScheduler.from_config(cfg, method="o-belm")
+    pipe.scheduler = BELMInverseScheduler.from_config(cfg, method=method)
     pipe("a cat", latents=z0.clone(), num_inference_steps=8, guidance_scale=3.0, output_type="latent")
     latent = pipe.scheduler.latent
     assert latent.states[0].dtype == torch.float64
-    out = _reconstruct(pipe, cfg, latent, 3.0)
+    out = _reconstruct(pipe, cfg, latent, 3.0, method)
     assert out.dtype == dtype and torch.equal(out, z0)
