@@ -186,6 +186,7 @@ class _SchedulerCore(SchedulerMixin, ConfigMixin):
         self.num_inference_steps: int | None = None
         self.solver: Solver | None = None
         self._solvers: dict = {}
+        self._dry_runs: dict = {}
         self._device: str | torch.device | None = None
         self._begin_index: int | None = None
         self._clear_run()
@@ -334,9 +335,14 @@ class _SchedulerCore(SchedulerMixin, ConfigMixin):
         stepper = self._stepper
         return stepper.head[1] if stepper.done else stepper.next_call().input
 
-    def _dry_run(self, stepper: Stepper) -> tuple[list, list, bool]:
-        """(model time, grid row) of each model call of a walk (a dry run of `stepper`, built on
-        zeros), and whether every call is at a grid state and its model time (`Call.on_grid`)."""
+    def _dry_run(self, key: tuple, make: Callable[[], Stepper]) -> tuple[list, list, bool]:
+        """(model time, grid row) of each model call of the walk `make()` builds on zeros (a dry
+        run), and whether every call is at a grid state and its model time (`Call.on_grid`).
+        Cached per solver and `key`: a pipeline calls set_timesteps once per call."""
+        cached = self._dry_runs.get(key)
+        if cached is not None and cached[0] is self.solver:
+            return cached[1]
+        stepper = make()
         times, rows, on_grid = [], [], True
         while not stepper.done:
             call = stepper.next_call()
@@ -344,6 +350,7 @@ class _SchedulerCore(SchedulerMixin, ConfigMixin):
             rows.append(call.index)
             on_grid = on_grid and call.on_grid
             stepper.advance(torch.zeros_like(call.x))
+        self._dry_runs[key] = (self.solver, (times, rows, on_grid))
         return times, rows, on_grid
 
     def _restart(self, model_output: torch.Tensor, t, sample: torch.Tensor, index: int) -> None:
@@ -415,7 +422,7 @@ class _Sampling(_SchedulerCore):
         self._start = solver.grid.N
         zero = torch.zeros(1, dtype=torch.float64)
         if self._latent is None:
-            times, self._rows, self._on_grid = self._dry_run(Stepper.sampling(solver, zero))
+            times, self._rows, self._on_grid = self._dry_run(("x_N",), lambda: Stepper.sampling(solver, zero))
             self._publish(times)
             return
         from belm_core.latent import check_for
@@ -427,7 +434,8 @@ class _Sampling(_SchedulerCore):
                 f"the latent given to set_latent() does not fit set_timesteps({solver.grid.N}) on this config: {err}"
             ) from err
         dry = self._latent.replace(states=tuple(zero for _ in self._latent.states))
-        times, rows, self._on_grid = self._dry_run(Stepper.from_latent(solver, dry))
+        key = ("latent", self._start, len(dry.states))
+        times, rows, self._on_grid = self._dry_run(key, lambda: Stepper.from_latent(solver, dry))
         # the pipeline starts with a model call at the latent's first state x_K; a k-state latent
         # already holds what its first step would compute there, so that output goes unused
         self._wasted_first = not (times and times[0] == self._t[self._start])
@@ -521,7 +529,8 @@ class _Inversion(_SchedulerCore):
     """Exact inversion x_0 → Latent, one model call per step (module docstring: inverse timesteps)."""
 
     def _set_timesteps_for(self, solver: Solver) -> None:
-        self._publish(self._dry_run(Stepper.inversion(solver, torch.zeros(1, dtype=torch.float64)))[0])
+        zero = torch.zeros(1, dtype=torch.float64)
+        self._publish(self._dry_run(("x_0",), lambda: Stepper.inversion(solver, zero))[0])
 
     def step(
         self, model_output: torch.Tensor, timestep: int | float | torch.Tensor, sample: torch.Tensor, return_dict: bool = True

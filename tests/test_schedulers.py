@@ -268,6 +268,29 @@ def test_recommended_manual_loops_equal_the_solver_bit_for_bit(built):
     assert torch.equal(y, solver.sample(model, reference))
 
 
+def test_recommended_timesteps_follow_each_set_timesteps(built):
+    """The call times come from a cached dry run per grid: switching N, setting and clearing a latent
+    publish what a fresh scheduler publishes."""
+    _, config = built("sd")
+    sched = BELMScheduler.from_config(config, method="recommended")
+
+    def fresh(n, latent=None):
+        other = BELMScheduler.from_config(config, method="recommended")
+        other.set_latent(latent)
+        other.set_timesteps(n)
+        return other.timesteps.tolist()
+
+    inv = BELMInverseScheduler.from_config(config, method="recommended")
+    inv.set_timesteps(6)
+    z = torch.zeros(1, 4, 8, 8)
+    for t in inv.timesteps:
+        z = inv.step(torch.zeros_like(z), t, z).prev_sample
+    for n, latent in ((8, None), (6, None), (6, inv.latent), (8, None), (6, None)):
+        sched.set_latent(latent)
+        sched.set_timesteps(n)
+        assert sched.timesteps.tolist() == fresh(n, latent) and len(sched.timesteps) == n
+
+
 def _point_mass_eps(schedule, c):
     """Exact ε of data that is the single point c: every trajectory is the straight line x̄ = c + σ̄ n."""
     def eps(x, t):
