@@ -155,7 +155,8 @@ def _method_key(method: Any) -> str:
 
 @dataclass
 class BELMInverseSchedulerOutput(SchedulerOutput):
-    """`prev_sample`: the next (noisier) state x_{i+1}, in the dtype of the sample passed in."""
+    """`prev_sample`: the input of the next model call (the next, noisier state x_{i+1} for "o-belm",
+    "bdia" and "ddim"; x_N after the last call), in the dtype of the sample passed in."""
 
 
 class _SchedulerCore(SchedulerMixin, ConfigMixin):
@@ -801,7 +802,8 @@ class BELMInverseScheduler(_Inversion, _VPFamily):
         latent = inv.latent
 
     `timesteps` lists the model time of each step's ε (module docstring: (t_1, t_1, t_2, …,
-    t_{N−1}) for O-BELM and BDIA). `prev_sample` is x_{i+1}; `latent` is the `Latent` at the
+    t_{N−1}) for O-BELM and BDIA). `prev_sample` is x_{i+1} (method="recommended": the next call's
+    input, module docstring); `latent` is the `Latent` at the
     last completed step (stopping the loop early at grid index K ≥ 1 gives a partial latent,
     which `BELMScheduler.set_latent` samples from t_K). The sample passed to each step must be
     the one the previous step returned: an inversion cannot re-sync from an edited state.
