@@ -268,6 +268,25 @@ def test_recommended_manual_loops_equal_the_solver_bit_for_bit(built):
     assert torch.equal(y, solver.sample(model, reference))
 
 
+def test_recommended_with_explicit_timesteps(built):
+    """set_timesteps(timesteps=...) keeps the given grid and takes recommended's method and start-up."""
+    _, config = built("sd")
+    schedule = schedule_from_config(config)
+    grid = [999, 700, 400, 100]
+    sched = BELMScheduler.from_config(config, method="recommended")
+    sched.set_timesteps(timesteps=grid)
+    options = recommended(schedule, len(grid))
+    options.pop("spacing")
+    solver = Solver(schedule, timesteps=grid, end=solver_options(config)["end"], **options)
+    assert sched.solver.grid.key == solver.grid.key and sched.solver.startup == solver.startup
+    eps = _point_mass_eps(schedule, torch.full((1, 2, 3, 3), 0.3, dtype=torch.float64))
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    expected = solver.sample(lambda z, t: torch.sin(z) + eps(z, t), x)
+    for t in sched.timesteps:
+        x = sched.step(torch.sin(x) + eps(x, t), t, x).prev_sample
+    assert torch.equal(x, expected)
+
+
 def test_recommended_timesteps_follow_each_set_timesteps(built):
     """The call times come from a cached dry run per grid: switching N, setting and clearing a latent
     publish what a fresh scheduler publishes."""
