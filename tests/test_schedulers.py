@@ -308,6 +308,11 @@ def test_recommended_timesteps_follow_each_set_timesteps(built):
         sched.set_latent(latent)
         sched.set_timesteps(n)
         assert sched.timesteps.tolist() == fresh(n, latent) and len(sched.timesteps) == n
+    sched.set_latent(None)
+    for n in range(2, 41):  # strictly decreasing, as pipelines' denoising_end / strength cut-offs assume
+        sched.set_timesteps(n)
+        t = sched.timesteps.tolist()
+        assert len(t) == n and t[0] == config.num_train_timesteps - 1 and all(a > b for a, b in zip(t, t[1:]))
 
 
 def _point_mass_eps(schedule, c):
