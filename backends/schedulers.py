@@ -323,11 +323,7 @@ class _SchedulerCore(SchedulerMixin, ConfigMixin):
         stepper = self._stepper
         call = stepper.next_call()
         if t != self._as_time(call.time):
-            raise ValueError(
-                f"timestep={t} does not match the grid: the next model call is at t={call.time} ({self._steps} of "
-                f"{len(self.timesteps)} steps taken); step through scheduler.timesteps in order, or call "
-                "set_timesteps to restart"
-            )
+            raise self._time_error(t, call.time, call.index, "the next model call")
         f = self._model_f(model_output, call)
         stepper.advance(f, owned=f is not model_output)
 
@@ -500,10 +496,7 @@ class _Sampling(_SchedulerCore):
         if not self._on_grid:  # calls away from the grid: position → row from the dry run
             b = self._begin_index or 0
             if t != self._as_time(self.timesteps[b].item()):
-                raise ValueError(
-                    f"timestep={t} does not match the grid: the first step is at timesteps[{b}] = "
-                    f"{self.timesteps[b].item()}; step through scheduler.timesteps in order"
-                )
+                raise self._time_error(t, self.timesteps[b].item(), self._rows[b], f"timesteps[{b}]")
             if b == 0:
                 self._stepper = Stepper.sampling(self.solver, sample, self._start)
             else:  # img2img: the image noised at timesteps[b], a state at that model time

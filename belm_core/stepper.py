@@ -48,6 +48,14 @@ __all__ = ["Stepper", "Direction", "Call"]
 Direction = Literal["sample", "invert"]
 
 
+def _check_row(solver: Solver, index: Any) -> int:
+    """`index`, checked to be a grid index in [1, N]: a state with a model time."""
+    N = solver.grid.N
+    if not (isinstance(index, int) and 1 <= index <= N):
+        raise ValueError(f"index={index!r} must be a grid index in [1, {N}] (a state with a model time)")
+    return index
+
+
 class _Need(Exception):
     """Raised by the probing evaluate: ε is needed at (x, index), model time t (None: t_index), input scale."""
 
@@ -123,10 +131,7 @@ class Stepper:
     @classmethod
     def sampling(cls, solver: Solver, x: Any, index: int | None = None) -> Stepper:
         """Sample from a lone state x at grid index `index` (default N; the method's start-up runs first)."""
-        N = solver.grid.N
-        index = N if index is None else index
-        if not (isinstance(index, int) and 1 <= index <= N):
-            raise ValueError(f"index={index!r} must be a grid index in [1, {N}] (a state with a model time)")
+        index = _check_row(solver, solver.grid.N if index is None else index)
         carry = solver.method.start(solver._plan, solver._to_state(x, "x"), index)
         return cls(solver, "sample", carry, 0, first=STARTUPS[solver.startup])
 
@@ -149,8 +154,7 @@ class Stepper:
         method = solver.method
         if not isinstance(method, LinearMultistep):
             raise TypeError(f"resuming needs a linear multistep method, not {method.signature()}")
-        if not (isinstance(index, int) and 1 <= index <= solver.grid.N):
-            raise ValueError(f"index={index!r} must be a grid index in [1, {solver.grid.N}]")
+        _check_row(solver, index)
         carry = method.resume(solver._plan, solver._to_state(x, "x"), float(t), solver._to_state(f, "f"), index)
         return cls(solver, "sample", carry, 0)
 

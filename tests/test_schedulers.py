@@ -575,6 +575,13 @@ def test_wrong_timestep_errors(built):
     inv.set_timesteps(STEPS)
     with pytest.raises(ValueError, match="does not match the grid"):
         inv.step(torch.zeros_like(x), inv.timesteps[-1], x)
+    rec = BELMScheduler.from_config(config, method="recommended")  # calls off the grid: by position
+    rec.set_timesteps(STEPS)
+    with pytest.raises(ValueError, match=f"timestep={int(rec.timesteps[2])} does not match the grid.*timesteps\\[0\\]"):
+        rec.step(torch.zeros_like(x), rec.timesteps[2], x)
+    y = rec.step(torch.zeros_like(x), rec.timesteps[0], x).prev_sample
+    with pytest.raises(ValueError, match=f"the next model call is at t={int(rec.timesteps[1])}"):
+        rec.step(torch.zeros_like(y), rec.timesteps[3], y)
 
 
 # -- benchmark ------------------------------------------------------------------------------------------------------

@@ -246,8 +246,6 @@ class LinearMultistep(Method):
         drop-in scheduler (img2img's noised image, an edited latent) restarts here.
         """
         g = plan.grid
-        if not (1 <= index <= g.N):
-            raise ValueError(f"index={index!r} must be a grid index in [1, {g.N}]")
         s_t, tau_t = (float(v) for v in g.schedule.coordinates(t, g.prediction))
         xs = []
         for j in (index - 1, index)[: self.k]:
