@@ -51,7 +51,7 @@ from .checks import is_bool, is_index, is_real
 from .grid import End, Grid, make_grid
 from .latent import Latent, LatentMetadataWarning, check_for as check_latent
 from .methods import Carry, LinearMultistep, Method, get_method
-from .methods.pc_start import lookahead_start, pc_start, shifted_pc_start
+from .methods.pc_start import lookahead_log_start, lookahead_start, pc_start, shifted_pc_start
 from .schedules import NoiseSchedule, Prediction, Spacing
 
 __all__ = [
@@ -61,13 +61,14 @@ __all__ = [
 EpsFn = Callable[[Any, Any], Any]
 #: how sampling from a lone x_N builds the first step: the paper's DDIM step ("ddim"), the
 #: predictor–corrector step of `belm_core.methods.pc_start` ("pc") or its variant whose
-#: corrector node is the level a shifted method's first row reads ("lookahead") or whose
-#: corrector reads the predictor as a shifted method's first row reads its state
+#: corrector node is the level a shifted method's first row reads ("lookahead"; "lookahead-log"
+#: with weights exact for a constant error in ε) or whose corrector reads the predictor as a shifted method's first row reads its state
 #: ("pc-shift"); none costs an extra call
-Startup = Literal["ddim", "pc", "lookahead", "pc-shift"]
-STARTUPS = {"ddim": None, "pc": pc_start, "lookahead": lookahead_start, "pc-shift": shifted_pc_start}
+Startup = Literal["ddim", "pc", "lookahead", "lookahead-log", "pc-shift"]
+STARTUPS = {"ddim": None, "pc": pc_start, "lookahead": lookahead_start, "lookahead-log": lookahead_log_start,
+            "pc-shift": shifted_pc_start}
 #: the start-ups that read the model where a shifted method's first row does
-SHIFTED_STARTUPS = ("lookahead", "pc-shift")
+SHIFTED_STARTUPS = ("lookahead", "lookahead-log", "pc-shift")
 Callback = Callable[[dict], None]
 
 #: keys of the dict a callback receives
@@ -113,7 +114,9 @@ class Solver:
             either way; inversion and sampling from a Latent never use it, so it changes
             neither exactness nor the Latent. "lookahead": the "pc" step with its corrector
             evaluated at the noise level the method's first row reads x̂0 (methods with an
-            evaluation shift, e.g. "dpl-ob-shift"; docs/math.md §13). "pc-shift": the "pc"
+            evaluation shift, e.g. "dpl-ob-shift"; docs/math.md §13). "lookahead-log": the
+            same node with weights exact for a constant error in ε (x̂0 = a + b σ̄ near the
+            top of the grid, as a trained network's is; docs/math.md §20). "pc-shift": the "pc"
             step whose corrector reads the predictor as the method's first row reads its
             state, at that row's shifted level (methods with an evaluation shift;
             docs/math.md §18).

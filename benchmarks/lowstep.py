@@ -5,7 +5,9 @@
 σ̄_{i+1}/σ̄_{i−1} < 6 read x̂0 on the trajectory ahead, extrapolated with a velocity register
 that travels in the latent, §16; the other rows read x̂0 at §13's half-way shifted level),
 the predictor–corrector start-up (on scaled-linear its corrector reads x̃ at row N−1's
-shifted level, "pc-shift", §18) and the "trailing" grid, N model calls,
+shifted level, "pc-shift", §18; on linear it reads where row N−1 wants x̂0 and weighs
+the two reads exactly for a constant error in ε, "lookahead-log", §20) and the "trailing"
+grid, N model calls,
 first model time T − 1 — against diffusers' DPM-Solver++(2M), UniPC (bh2) and DEIS on
 their default grid (`benchmarks.peers`), against "dpl-ob-shift-last" (the previous
 recommendation, same grid and start-up, without the trajectory reading) and against plain
@@ -25,10 +27,11 @@ something for editing shrinks that distance as N grows); the round trip at 50 st
 exact either way. Digits: the trained class-conditional DDPM of the digits section,
 Fréchet distance (classifier features) of 1000 samples from the same x_T at NFE 5/10/20,
 and the RMSE of the first 250 of them against a 400-step O-BELM solution of the ODE from
-the same x_T (`digits_scores`): FD judges the samples, RMSE the solver. The same network
-trained on the scaled-linear schedule (`train_digits --beta-schedule scaled_linear`) checks
-the "pc-shift" start `recommended` uses there, against the plain "pc" start, at NFE
-4/5/6/10/20.
+the same x_T (`digits_scores`): FD judges the samples, RMSE the solver, at NFE 3/4/5/6/10/20,
+with the recommended sampler's plain "pc" start next to the "lookahead-log" start it uses on
+this (linear) schedule. The same network trained on the scaled-linear schedule
+(`train_digits --beta-schedule scaled_linear`) checks the "pc-shift" start `recommended`
+uses there, against the plain "pc" start, at NFE 4/5/6/10/20.
 
 At 5–20 calls a few points of a batch decide between two mixture components late, and
 one point sent to the other component moves a 256-point RMSE by 0.05–0.1: a single RMSE
@@ -94,7 +97,12 @@ reads its state (startup="pc-shift", docs/math.md §18; used where σ̄(T − 1)
 scaled-linear) takes scaled-linear NFE 5 from 46 to 61 of the first 70 and the 140 from 71
 to 80 passes; on the linear schedule the digits network refuses it (ODE RMSE 0.170 against
 0.110 at NFE 5), and on a scaled-linear digits network it is neutral but for the Fréchet
-distance at NFE 4 (the tables at the end of this section).
+distance at NFE 4 (the tables at the end of this section). On the linear schedule the
+look-ahead start whose weights are exact for a constant error in ε (startup="lookahead-log",
+docs/math.md §20: a trained network's x̂0 near σ̄ = 157 is off by about −σ̄ δ) takes linear
+NFE 5 from 46 and 53 to 60 and 60 of the two halves of the 140 and holds the network (its
+tables below); the same weights on cosine, whose top step is 2·10⁴ → 13, lose NFE 20 on
+the mixtures (15 instead of 34 of 42 separated ones), so cosine keeps "pc".
 
 The peers on their own best grid laws (the issue's stretch): for each schedule and each
 of DPM++2M, UniPC and DEIS, the candidates are the grid laws diffusers itself offers for
@@ -132,11 +140,15 @@ LATENT_METHODS = ("recommended", "dpl-ob-shift-last (trailing)", "dpl (trailing)
 BATCH = 256
 #: x_T seeds of the robustness table; the main tables use seed 0
 SEEDS = (0, 1, 2)
-#: the recommended sampler with the plain predictor–corrector start (what "pc-shift" replaced on scaled-linear)
+#: the recommended sampler with the plain predictor–corrector start (what "pc-shift" replaced on scaled-linear
+#: and "lookahead-log" on linear)
 PLAIN_START = "recommended, startup='pc'"
 #: the digits network trained on the scaled-linear schedule: the "pc-shift" start's network check
 DIGITS_SL_NFES = (4, 5, 6, 10, 20)
 DIGITS_SL_OURS = ("recommended", PLAIN_START)
+#: the linear digits network's NFEs and samplers: "lookahead-log"'s network check next to the acceptance's NFE 5
+DIGITS_NFES = (3, 4, 5, 6, 10, 20)
+DIGITS_OURS = OURS + (PLAIN_START,)
 #: the digits network's ODE reference: O-BELM steps, and the samples it is computed for
 REF_STEPS = 400
 REF_N = 250
@@ -553,7 +565,7 @@ def compute(quick: bool = False, progress: bool = True, with_digits: bool | None
             latents[(sname, pname)] = latent_errors(probs[pname], sch, 32 if quick else 64, LATENT_STEPS)
     digits = digits_sl = None
     if with_digits if with_digits is not None else True:
-        digits = digits_fd(NFES, 1000, progress)  # fewer samples: FD noise hides the differences
+        digits = digits_fd(DIGITS_NFES, 1000, progress, ours=DIGITS_OURS)  # fewer samples: FD noise hides differences
         digits_sl = digits_fd(DIGITS_SL_NFES, 1000, progress, "scaled_linear", DIGITS_SL_OURS)
     return LowstepData(NFES, batch, errors, LATENT_STEPS, latents, digits, grids=grids,
                        robust=robustness(sweeps, NFES), random=randoms, digits_sl=digits_sl)

@@ -73,10 +73,10 @@ def test_separated_mixtures_end_closer_to_the_ode_solution(N):
 
 def test_recommended_uses_it_only_where_the_top_of_the_schedule_is_trusted():
     assert recommended(DiscreteVP.scaled_linear(), 5)["startup"] == "pc-shift"  # σ̄(999) = 14.6
-    assert recommended(DiscreteVP.linear(), 5)["startup"] == "pc"  # 157
+    assert recommended(DiscreteVP.linear(), 5)["startup"] == "lookahead-log"  # 157 (tests/test_bias_start.py)
     assert recommended(DiscreteVP.cosine(), 5)["startup"] == "pc"  # 2·10⁴
     # the bound itself: a scaled-linear schedule whose last ᾱ puts σ̄(T − 1) just inside / outside it
-    for top, want in ((0.99 * TRUSTED_TOP, "pc-shift"), (1.01 * TRUSTED_TOP, "pc")):
+    for top, want in ((0.99 * TRUSTED_TOP, "pc-shift"), (1.01 * TRUSTED_TOP, "lookahead-log")):
         abar = DiscreteVP.scaled_linear().alphas_cumprod.copy()
         abar[-1] = 1 / (1 + top**2)  # σ̄² = (1 − ᾱ)/ᾱ
         sch = DiscreteVP(abar)

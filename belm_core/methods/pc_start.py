@@ -30,6 +30,16 @@ so row N−1 receives the x̂0 it asks for (at σ̄_m = σ̄_{N−1}: c = 1, the
 Still two calls; N = 2 (row N−1 is row 1) and levels that round to t_{N−1} or do not lie
 below σ̄_N fall back to the plain step.
 
+The ε-bias variant (startup="lookahead-log", docs/math.md §20) keeps the look-ahead node and
+changes only the weights: exact for x̂0 = a + b σ̄ instead of a line in τ′. A trained
+network whose ε is off by a smooth δ at the top of the grid has x̂0 off by −σ̄ δ, which the
+line rule extrapolates from x̂0_N, its worst read; with ∫σ̄ dτ′ = ln(σ̄_N/σ̄_{N−1})
+
+    w = (σ̄_N − ln(σ̄_N/σ̄_{N−1})/(τ′_{N−1} − τ′_N)) / (σ̄_N − σ̄_m)
+
+(0.27 of the weight on x̂0_N at DDPM-linear NFE 5 against the trapezoid's ½ and the line
+rule's 0.65). Where the look-ahead falls back, the node is σ̄_{N−1} with the same rule.
+
 The shifted-corrector variant (startup="pc-shift", methods with an evaluation shift) keeps the
 plain step's predictor, node and weights and changes only how the corrector reads the model:
 as the method's own row N−1 reads its state x_{N−1} (`EvaluationShift`, docs/math.md §13,
@@ -57,7 +67,7 @@ from .. import recurrence
 from .base import Carry, Evaluate, MultistepPlan
 from .shift import model_times
 
-__all__ = ["pc_start", "lookahead_start", "shifted_pc_start"]
+__all__ = ["pc_start", "lookahead_start", "lookahead_log_start", "shifted_pc_start", "bias_weight"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,24 @@ def lookahead_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate) -> Ca
     return _corrected_start(plan, carry, evaluate, node=lookahead_node(plan, carry.index))
 
 
+def lookahead_log_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate) -> Carry:
+    """The look-ahead step with the corrector's weight exact for x̂0 = a + b σ̄ (a constant
+    error in ε; module docstring), ε_eff cached at x_{N−1}."""
+    return _corrected_start(plan, carry, evaluate, node=lookahead_node(plan, carry.index), weight=bias_weight)
+
+
+def line_weight(tau_N: float, tau_M: float, tau_m: float) -> float:
+    """The node's weight w in ∫ over [τ′_N, τ′_{N−1}] ≈ Δτ′((1 − w) x̂0_N + w x̂0_m), exact on
+    x̂0 linear in τ′ = 1/τ (the trapezoid, w = ½, at τ_m = τ_{N−1})."""
+    return 0.5 * (1.0 / tau_M - 1.0 / tau_N) / (1.0 / tau_m - 1.0 / tau_N)
+
+
+def bias_weight(tau_N: float, tau_M: float, tau_m: float) -> float:
+    """The node's weight exact on x̂0 = a + b τ (τ = σ̄: a constant error in ε):
+    w = (τ_N − ln(τ_N/τ_{N−1})/Δτ′)/(τ_N − τ_m), Δτ′ = 1/τ_{N−1} − 1/τ_N."""
+    return (tau_N - np.log(tau_N / tau_M) / (1.0 / tau_M - 1.0 / tau_N)) / (tau_N - tau_m)
+
+
 def lookahead_node(plan: MultistepPlan, N: int) -> _Node | None:
     """Row N−1's trajectory level as a model time, or None where the plain step applies."""
     g = plan.grid
@@ -104,7 +132,7 @@ def lookahead_node(plan: MultistepPlan, N: int) -> _Node | None:
 
 
 def _corrected_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate, node: _Node | None,
-                     shifted: bool = False) -> Carry:
+                     shifted: bool = False, weight=line_weight) -> Carry:
     g = plan.grid
     N = carry.index
     if len(carry.xs) != 1 or N < 2:
@@ -119,11 +147,10 @@ def _corrected_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate, node
     x_pred = recurrence.linear_combination([s_M / s_N, -s_M * (tau_N - tau_m)], [x, eps_N])
     if node is None:
         eps_pred = plan.shift.evaluate(evaluate, x_pred, N - 1) if shifted else evaluate(x_pred, N - 1)
-        w = 0.5
     else:
         eps_pred = evaluate(x_pred, N - 1, t=node.time, scale=node.scale / s_M)
-        # the quadrature on [τ′_N, τ′_{N−1}] (τ′ = 1/τ) with nodes τ′_N and τ′_m, exact on lines
-        w = 0.5 * (1.0 / tau_M - 1.0 / tau_N) / (1.0 / tau_m - 1.0 / tau_N)
+    # the quadrature on [τ′_N, τ′_{N−1}] (τ′ = 1/τ) with nodes τ′_N and τ′_m
+    w = weight(tau_N, tau_M, tau_m)
     r = tau_M / tau_N
     # y_{N−1} = r y_N + (1 − r)((1 − w)(y_N − τ_N f_N) + w (ỹ − τ_m f̃))
     y = recurrence.linear_combination(
