@@ -37,8 +37,8 @@ line rule extrapolates from x̂0_N, its worst read; with ∫σ̄ dτ′ = ln(σ�
 
     w = (σ̄_N − ln(σ̄_N/σ̄_{N−1})/(τ′_{N−1} − τ′_N)) / (σ̄_N − σ̄_m)
 
-(0.27 of the weight on x̂0_N at DDPM-linear NFE 5 against the trapezoid's ½ and the line
-rule's 0.65). Where the look-ahead falls back, the node is σ̄_{N−1} with the same rule.
+(at DDPM-linear NFE 5, 0.27 of the weight on x̂0_N at the look-ahead's node, against the
+line rule's 0.65 there and the trapezoid's ½). Where the look-ahead falls back, the node is σ̄_{N−1} with the same rule.
 
 The shifted-corrector variant (startup="pc-shift", methods with an evaluation shift) keeps the
 plain step's predictor, node and weights and changes only how the corrector reads the model:
