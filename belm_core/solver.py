@@ -62,8 +62,8 @@ EpsFn = Callable[[Any, Any], Any]
 #: how sampling from a lone x_N builds the first step: the paper's DDIM step ("ddim"), the
 #: predictor–corrector step of `belm_core.methods.pc_start` ("pc") or its variant whose
 #: corrector node is the level a shifted method's first row reads ("lookahead"; "lookahead-log"
-#: with weights exact for a constant error in ε) or whose corrector reads the predictor as a shifted method's first row reads its state
-#: ("pc-shift"); none costs an extra call
+#: with weights exact for a constant error in ε) or whose corrector reads the predictor as a
+#: shifted method's first row reads its state ("pc-shift"); none costs an extra call
 Startup = Literal["ddim", "pc", "lookahead", "lookahead-log", "pc-shift"]
 STARTUPS = {"ddim": None, "pc": pc_start, "lookahead": lookahead_start, "lookahead-log": lookahead_log_start,
             "pc-shift": shifted_pc_start}

@@ -25,9 +25,9 @@ Inverted latents: `invert` from x_0 with N steps, then the RMSE of the latent's 
 state x_N against the exact ODE inversion of x_0 to t = T − 1 (a latent that means
 something for editing shrinks that distance as N grows); the round trip at 50 steps is
 exact either way. Digits: the trained class-conditional DDPM of the digits section,
-Fréchet distance (classifier features) of 1000 samples from the same x_T at NFE 5/10/20,
-and the RMSE of the first 250 of them against a 400-step O-BELM solution of the ODE from
-the same x_T (`digits_scores`): FD judges the samples, RMSE the solver, at NFE 3/4/5/6/10/20,
+Fréchet distance (classifier features) of 1000 samples from the same x_T and the RMSE of
+the first 250 of them against a 400-step O-BELM solution of the ODE from the same x_T
+(`digits_scores`): FD judges the samples, RMSE the solver, at NFE 3/4/5/6/10/20,
 with the recommended sampler's plain "pc" start next to the "lookahead-log" start it uses on
 this (linear) schedule. The same network trained on the scaled-linear schedule
 (`train_digits --beta-schedule scaled_linear`) checks the "pc-shift" start `recommended`

@@ -38,7 +38,8 @@ line rule extrapolates from x̂0_N, its worst read; with ∫σ̄ dτ′ = ln(σ�
     w = (σ̄_N − ln(σ̄_N/σ̄_{N−1})/(τ′_{N−1} − τ′_N)) / (σ̄_N − σ̄_m)
 
 (at DDPM-linear NFE 5, 0.27 of the weight on x̂0_N at the look-ahead's node, against the
-line rule's 0.65 there and the trapezoid's ½). Where the look-ahead falls back, the node is σ̄_{N−1} with the same rule.
+line rule's 0.65 there and the trapezoid's ½). Where the look-ahead falls back, the node is
+σ̄_{N−1} with the same rule.
 
 The shifted-corrector variant (startup="pc-shift", methods with an evaluation shift) keeps the
 plain step's predictor, node and weights and changes only how the corrector reads the model:
@@ -59,7 +60,7 @@ r = σ_{N−1}/σ_N, regular at σ_N = 1 (docs/math.md §14).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -67,7 +68,7 @@ from .. import recurrence
 from .base import Carry, Evaluate, MultistepPlan
 from .shift import model_times
 
-__all__ = ["pc_start", "lookahead_start", "lookahead_log_start", "shifted_pc_start", "bias_weight"]
+__all__ = ["pc_start", "lookahead_start", "lookahead_log_start", "shifted_pc_start", "line_weight", "bias_weight"]
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def lookahead_node(plan: MultistepPlan, N: int) -> _Node | None:
 
 
 def _corrected_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate, node: _Node | None,
-                     shifted: bool = False, weight=line_weight) -> Carry:
+                     shifted: bool = False, weight: Callable[[float, float, float], float] = line_weight) -> Carry:
     g = plan.grid
     N = carry.index
     if len(carry.xs) != 1 or N < 2:
