@@ -41,7 +41,7 @@ import numpy as np
 
 from .grid import Grid
 
-__all__ = ["Table", "x_space_table", "step", "inverse_step", "linear_combination"]
+__all__ = ["Table", "x_space_table", "step", "inverse_step", "linear_combination", "ddim_move"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,6 +110,12 @@ def linear_combination(coefficients: Sequence[float], arrays: Sequence[Any]) -> 
     if total is None:
         raise ValueError("linear_combination needs at least one non-zero coefficient")
     return total
+
+
+def ddim_move(x: Any, f: Any, s_from: float, tau_from: float, s_to: float, tau_to: float) -> Any:
+    """x at grid coordinates (s_from, τ_from) moved along DDIM's line, f held constant (exact where
+    the trajectory is straight in y = x/s, docs/math.md §11):  x_to = s_to (x/s_from + (τ_to − τ_from) f)."""
+    return linear_combination([s_to / s_from, s_to * (tau_to - tau_from)], [x, f])
 
 
 def step(table: Table, i: int, xs: Sequence[Any], eps: Sequence[Any]) -> Any:

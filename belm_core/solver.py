@@ -448,13 +448,13 @@ class _Evaluator:
     method keeps it past the next model call.
     """
 
-    def __init__(self, solver: Solver, eps_fn: EpsFn, direction: str, scale: float):
+    def __init__(self, solver: Solver, eps_fn: EpsFn, direction: str, scale: float, pass_input: bool = True):
         self.solver, self.eps_fn, self.direction = solver, eps_fn, direction
         self.name = _fn_name(solver.prediction)
         self.scale = scale  # max |x| of the starting state (read only when ε is non-finite)
         self.step = 0
         self._borrowed = None
-        self.pass_input = True  # False: eps_fn ignores its input (a Stepper's hand-over), so none is made
+        self.pass_input = pass_input  # False: eps_fn ignores its input (a Stepper's hand-over), so none is made
 
     def __call__(self, x: Any, index: int, t: Any = None, scale: float = 1.0) -> Any:
         solver = self.solver

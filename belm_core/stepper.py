@@ -123,8 +123,8 @@ class Stepper:
         self._advance = solver.method.step if direction == "sample" else solver.method.inverse_step
         self._first = first  # the start-up's step (sampling from a lone state), or None
         self._given_eps: Any = None
-        self._evaluator = _Evaluator(solver, self._given, direction, _max_abs(self.head[1]))
-        self._evaluator.pass_input = False  # (`_given` hands over the ε given to `advance`)
+        # `_given` hands over the ε given to `advance` and ignores its input: no copy is made
+        self._evaluator = _Evaluator(solver, self._given, direction, _max_abs(self.head[1]), pass_input=False)
         self.steps_done = 0
 
     # -- construction ------------------------------------------------------------------------

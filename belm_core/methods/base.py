@@ -247,11 +247,8 @@ class LinearMultistep(Method):
         """
         g = plan.grid
         s_t, tau_t = (float(v) for v in g.schedule.coordinates(t, g.prediction))
-        xs = []
-        for j in (index - 1, index)[: self.k]:
-            s_j, tau_j = float(g.scale[j]), float(g.tau[j])
-            # x_j = s_j (x/s(t) + (τ_j − τ(t)) f)
-            xs.append(recurrence.linear_combination([s_j / s_t, s_j * (tau_j - tau_t)], [x, f]))
+        xs = [recurrence.ddim_move(x, f, s_t, tau_t, float(g.scale[j]), float(g.tau[j]))
+              for j in (index - 1, index)[: self.k]]
         return Carry(index=index - 1, xs=tuple(xs), eps=(None,) * len(xs))
 
     def step(self, plan: MultistepPlan, carry: Carry, evaluate: Evaluate) -> Carry:

@@ -145,7 +145,7 @@ def _corrected_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate, node
     tau_m = tau_M if node is None else node.tau
     eps_N = evaluate.own(evaluate(x, N))
     # DDIM predictor to τ_m, kept at x_{N−1}'s scale: x̃ = s_{N−1}(x_N/s_N − (τ_N − τ_m) f_N)
-    x_pred = recurrence.linear_combination([s_M / s_N, -s_M * (tau_N - tau_m)], [x, eps_N])
+    x_pred = recurrence.ddim_move(x, eps_N, s_N, tau_N, s_M, tau_m)
     if node is None:
         eps_pred = plan.shift.evaluate(evaluate, x_pred, N - 1) if shifted else evaluate(x_pred, N - 1)
     else:
