@@ -3,7 +3,9 @@
     solver = Solver(schedule, steps=N, **recommended(schedule, N))
 
 For discrete VP schedules (DDPM "linear", SD "scaled_linear", "cosine"), at every N ≥ 2:
-"dpl-ob-traj" (`belm_core.methods.trajectory`, docs/math.md §16), a predictor–corrector
+"dpl-ob-traj" (`belm_core.methods.trajectory`, docs/math.md §16; above `REACH_TOP`, i.e. on
+cosine, its trajectory rows read half of the way to their level instead of ¾, `method_for`,
+docs/math.md §21), a predictor–corrector
 start-up chosen by the schedule's noisiest level σ̄(T − 1) (`startup_for`: "pc-shift", whose
 corrector reads the predictor the way row N−1 reads its state, up to `TRUSTED_TOP`;
 "lookahead-log", whose corrector reads where row N−1 wants x̂0 and weighs the two reads
@@ -46,7 +48,14 @@ DPM++2M 1.78 and UniPC 1.69). With it the pass rate's 140 mixtures pass all nine
 94 (against 80), the 60 fresh ones on 36 (against 29) and the 42 separated ones on 16
 (against 8). On cosine (σ̄(T − 1) = 2·10⁴) the ε-bias weights put nearly all the weight on
 the corrector's read and lose the mixtures at NFE 20 (15 of 42 separated cells against 34),
-hence the bound.
+hence the bound. On cosine the trajectory rows read half of the way to their level
+(`WIDE_REACH`, docs/math.md §21): against ¾, cosine NFE-20 cells 60 / 60 / 49 / 34 against
+59 / 58 / 47 / 33 on the pass rate's first and second 70, 60 fresh and 42 separated mixtures
+(geometric-mean ratio to the better peer 0.47 / 0.45 / 0.49 / 0.43 against 0.52 / 0.52 /
+0.59 / 0.47) and 70 / 66 / 42 / 25 against 69 / 64 / 37 / 23 of the first 70 at NFE 8 / 15 /
+30 / 50, NFE 5–10 unchanged; reach ½ loses on scaled-linear and linear (NFE-5 cells 57
+against 61; linear NFE 10 62 against 70), hence `REACH_TOP`. No cosine network exists
+here to check it (docs/math.md §17).
 
 For rectified flows (`FlowMatch`: SD3, Flux), at every N ≥ 2: O-BELM in the flow's own
 coordinates (x, σ) with the predictor–corrector start-up, which on a flow is the trapezoid
@@ -68,9 +77,10 @@ from __future__ import annotations
 from typing import Any
 
 from .checks import is_index
+from .methods.trajectory import TrajectoryReading
 from .schedules import DiscreteVP, FlowMatch, NoiseSchedule
 
-__all__ = ["recommended", "startup_for", "TRUSTED_TOP", "BIAS_TOP"]
+__all__ = ["recommended", "startup_for", "method_for", "TRUSTED_TOP", "BIAS_TOP", "REACH_TOP", "WIDE_REACH"]
 
 #: the largest σ̄(T − 1) at which the start-up's corrector reads x̃ at row N−1's shifted level
 #: ("pc-shift"): SD's scaled-linear schedule (14.6) but not DDPM's linear (157) nor cosine
@@ -81,6 +91,14 @@ TRUSTED_TOP = 20.0
 #: ("lookahead-log"): DDPM's linear schedule (157) but not cosine (2·10⁴), where those weights
 #: put nearly all of x̄_{N−1} on one read and lose the mixtures at NFE 20 (docs/math.md §20)
 BIAS_TOP = 1000.0
+
+#: the largest σ̄(T − 1) at which the trajectory rows read x̂0 ¾ of the way to their τ′-midpoint
+#: level (`TrajectoryReading`'s default reach): scaled-linear (14.6) and linear (157), which
+#: lose cells with less reach; above it (cosine, 2·10⁴) they read `WIDE_REACH` of the way, which
+#: wins cosine cells at NFE 8–50 on every mixture draw measured (docs/math.md §21)
+REACH_TOP = 1000.0
+#: the trajectory rows' reach above `REACH_TOP`
+WIDE_REACH = 0.5
 
 
 def recommended(schedule: NoiseSchedule, steps: int) -> dict[str, Any]:
@@ -102,7 +120,15 @@ def recommended(schedule: NoiseSchedule, steps: int) -> dict[str, Any]:
         )
     if isinstance(schedule, FlowMatch):
         return {"method": "o-belm", "startup": "pc"}
-    return {"method": "dpl-ob-traj", "spacing": "trailing", "startup": startup_for(schedule)}
+    return {"method": method_for(schedule), "spacing": "trailing", "startup": startup_for(schedule)}
+
+
+def method_for(schedule: DiscreteVP) -> str | TrajectoryReading:
+    """The VP method by the noisiest level σ̄(T − 1): "dpl-ob-traj" up to `REACH_TOP`, above it
+    the same rows reading `WIDE_REACH` of the way to their level (`TrajectoryReading(reach=½)`)."""
+    if float(schedule.sigma_bar(int(schedule.num_train_timesteps) - 1)) <= REACH_TOP:
+        return "dpl-ob-traj"
+    return TrajectoryReading(reach=WIDE_REACH)
 
 
 def startup_for(schedule: DiscreteVP) -> str:

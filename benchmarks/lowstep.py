@@ -3,7 +3,8 @@
 `Solver(schedule, steps=N, **belm_core.recommended(schedule, N))` — the exact sampler
 "dpl-ob-traj" (the p-family member dpl-ob, docs/math.md §12, whose DPL rows with
 σ̄_{i+1}/σ̄_{i−1} < 6 read x̂0 on the trajectory ahead, extrapolated with a velocity register
-that travels in the latent, §16; the other rows read x̂0 at §13's half-way shifted level),
+that travels in the latent, §16, ¾ of the way to their level, half of it on cosine, §21;
+the other rows read x̂0 at §13's half-way shifted level),
 the predictor–corrector start-up (on scaled-linear its corrector reads x̃ at row N−1's
 shifted level, "pc-shift", §18; on linear it reads where row N−1 wants x̂0 and weighs
 the two reads exactly for a constant error in ε, "lookahead-log", §20) and the "trailing"

@@ -133,3 +133,67 @@ def test_within_budget_and_refusals():
             TrajectoryReading(max_ratio=bad)
     with pytest.raises(ValueError, match="ε-prediction"):
         Solver(FlowMatch(shift=3.0), steps=8, method="dpl-ob-traj", prediction="velocity")
+
+
+def test_recommended_reads_half_way_on_cosine_and_three_quarters_below_the_bound():
+    """`recommended` keeps reach ¾ where σ̄(T − 1) ≤ REACH_TOP (scaled-linear, linear) and reads at
+    WIDE_REACH = ½ of the way above it (cosine): the trajectory rows' model levels are the
+    hand-computed damped levels, the sampler stays exact with N calls, and the schedules just
+    inside / outside the bound get the one and the other."""
+    from belm_core.recommend import REACH_TOP, WIDE_REACH
+    from belm_core.methods.shift import model_times, trajectory_level
+
+    assert WIDE_REACH == 0.5
+    for sch, reach in ((DiscreteVP.scaled_linear(), 0.75), (DiscreteVP.linear(), 0.75), (DiscreteVP.cosine(), WIDE_REACH)):
+        N = 20
+        solver = Solver(sch, steps=N, **recommended(sch, N))
+        assert solver.method.reach == reach
+        plan = solver._plan
+        level = trajectory_level(solver.grid, solver.method.p(solver.grid), reach)
+        assert plan.reading, "N = 20 has trajectory rows on every schedule"
+        for i, (t_m, _, sb_m) in plan.reading.items():
+            assert float(t_m) == float(model_times(sch, np.array([level[i - 1]]))[0])
+            assert sb_m == pytest.approx(float(sch.sigma_bar(t_m)), rel=1e-12)
+        # the half-way reach reads strictly nearer σ̄_i than ¾ would on some row
+        if reach == WIDE_REACH:
+            three_quarters = TrajectoryReading().reading_rows(solver.grid)
+            assert any(plan.reading[i][2] > three_quarters[i][2] for i in plan.reading)
+    for base, top, want in (("linear", 0.99 * REACH_TOP, "dpl-ob-traj"), ("linear", 1.01 * REACH_TOP, "dpl-ob-traj(reach=0.5)")):
+        abar = getattr(DiscreteVP, base)().alphas_cumprod.copy()
+        abar[-1] = 1 / (1 + top**2)
+        sch = DiscreteVP(abar)
+        rec = recommended(sch, 7)
+        assert get_method(rec["method"]).signature() == want
+        data = held_out_mixture((3,), seed=2)
+        f = Count(AnalyticEps(data, sch))
+        solver = Solver(sch, steps=7, **rec)
+        assert np.all(np.isfinite(solver.sample(f, np.ones((2, 3))))) and f.n == 7
+        x0 = data.sample(4, seed=3)
+        assert np.mean((solver.sample(AnalyticEps(data, sch), solver.invert(AnalyticEps(data, sch), x0)) - x0) ** 2) <= 1e-20
+
+
+def test_recommended_scheduler_on_a_cosine_config_runs_the_half_way_reader():
+    """BELMScheduler(method="recommended") on diffusers' "squaredcos_cap_v2" config samples with the
+    cosine recommendation, bit for bit the Solver's."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from backends.config import schedule_from_config
+    from backends.schedulers import BELMScheduler
+
+    sched = BELMScheduler(beta_schedule="squaredcos_cap_v2", method="recommended")
+    schedule = schedule_from_config(sched.config)
+    steps = 9
+    sched.set_timesteps(steps)
+    data = held_out_mixture((4,), seed=6)
+    eps = AnalyticEps(data, schedule)
+
+    def model(x, t):
+        return torch.from_numpy(eps(x.numpy(), float(t)))
+
+    x_T = torch.from_numpy(np.random.default_rng(1).normal(size=(3, 4)))
+    x = x_T
+    for t in sched.timesteps:
+        x = sched.step(model(x, t), t, x).prev_sample
+    solver = Solver(schedule, steps=steps, **recommended(schedule, steps))
+    assert solver.method.signature() == "dpl-ob-traj(reach=0.5)"
+    assert torch.equal(x, solver.sample(model, x_T))
