@@ -102,7 +102,8 @@ WIDE_REACH = 0.5
 
 
 def recommended(schedule: NoiseSchedule, steps: int) -> dict[str, Any]:
-    """Keyword arguments for `Solver(schedule, steps=steps, **kwargs)`: method, spacing, startup."""
+    """Keyword arguments for `Solver(schedule, steps=steps, **kwargs)`: method (a registered name,
+    or a `Method` where a parameter differs from the name's default), spacing, startup."""
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule must be a belm_core NoiseSchedule, got {type(schedule).__name__}")
     if not isinstance(schedule, (DiscreteVP, FlowMatch)):
@@ -126,7 +127,7 @@ def recommended(schedule: NoiseSchedule, steps: int) -> dict[str, Any]:
 def method_for(schedule: DiscreteVP) -> str | TrajectoryReading:
     """The VP method by the noisiest level σ̄(T − 1): "dpl-ob-traj" up to `REACH_TOP`, above it
     the same rows reading `WIDE_REACH` of the way to their level (`TrajectoryReading(reach=½)`)."""
-    if float(schedule.sigma_bar(int(schedule.num_train_timesteps) - 1)) <= REACH_TOP:
+    if _top(schedule) <= REACH_TOP:
         return "dpl-ob-traj"
     return TrajectoryReading(reach=WIDE_REACH)
 
@@ -134,7 +135,12 @@ def method_for(schedule: DiscreteVP) -> str | TrajectoryReading:
 def startup_for(schedule: DiscreteVP) -> str:
     """The VP start-up by the noisiest level σ̄_max = σ̄(T − 1): "pc-shift" up to `TRUSTED_TOP`,
     "lookahead-log" up to `BIAS_TOP`, "pc" above."""
-    top = float(schedule.sigma_bar(int(schedule.num_train_timesteps) - 1))
+    top = _top(schedule)
     if top <= TRUSTED_TOP:
         return "pc-shift"
     return "lookahead-log" if top <= BIAS_TOP else "pc"
+
+
+def _top(schedule: DiscreteVP) -> float:
+    """The schedule's noisiest level σ̄(T − 1), by which the VP recommendation is chosen."""
+    return float(schedule.sigma_bar(int(schedule.num_train_timesteps) - 1))
