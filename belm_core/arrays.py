@@ -92,6 +92,26 @@ def all_finite(x: Any) -> bool:
     return bool(np.isfinite(x).all())
 
 
+def sample_sum(x: Any) -> Any:
+    """Σ over every axis but the first (the batch axis), kept as size-1 axes so the result
+    broadcasts against x; over the whole array when it has at most one axis (one sample)."""
+    axes = tuple(range(1, x.ndim)) if x.ndim > 1 else tuple(range(x.ndim))
+    if is_torch(x):
+        return x.sum(dim=axes, keepdim=True) if axes else x.clone()
+    return np.sum(x, axis=axes, keepdims=True)
+
+
+def nonnegative_ratio(num: Any, den: Any) -> Any:
+    """max(num/den, 0) where den > 0, and 0 where den ≤ 0 (no division by zero, no NaN)."""
+    if is_torch(num):
+        torch = _torch()
+        positive = den > 0
+        return torch.where(positive, (num / torch.where(positive, den, torch.ones_like(den))).clamp_min(0.0),
+                           torch.zeros_like(den))
+    positive = den > 0
+    return np.where(positive, np.maximum(num / np.where(positive, den, 1.0), 0.0), 0.0)
+
+
 def finfo_eps(dtype: str) -> float:
     """Machine epsilon of a float dtype name."""
     return {"float64": 2.22e-16, "float32": 1.19e-7, "float16": 9.77e-4, "bfloat16": 7.81e-3}[dtype]

@@ -51,7 +51,7 @@ from .checks import is_bool, is_index, is_real
 from .grid import End, Grid, make_grid
 from .latent import Latent, LatentMetadataWarning, check_for as check_latent
 from .methods import Carry, LinearMultistep, Method, get_method
-from .methods.pc_start import lookahead_log_start, lookahead_start, pc_start, shifted_pc_start
+from .methods.pc_start import lookahead_log_start, lookahead_start, moved_pc_start, pc_start, shifted_pc_start
 from .schedules import NoiseSchedule, Prediction, Spacing
 
 __all__ = [
@@ -64,11 +64,11 @@ EpsFn = Callable[[Any, Any], Any]
 #: corrector node is the level a shifted method's first row reads ("lookahead"; "lookahead-log"
 #: with weights exact for a constant error in ε) or whose corrector reads the predictor as a
 #: shifted method's first row reads its state ("pc-shift"); none costs an extra call
-Startup = Literal["ddim", "pc", "lookahead", "lookahead-log", "pc-shift"]
+Startup = Literal["ddim", "pc", "lookahead", "lookahead-log", "pc-shift", "pc-shift-moved"]
 STARTUPS = {"ddim": None, "pc": pc_start, "lookahead": lookahead_start, "lookahead-log": lookahead_log_start,
-            "pc-shift": shifted_pc_start}
+            "pc-shift": shifted_pc_start, "pc-shift-moved": moved_pc_start}
 #: the start-ups that read the model where a shifted method's first row does
-SHIFTED_STARTUPS = ("lookahead", "lookahead-log", "pc-shift")
+SHIFTED_STARTUPS = ("lookahead", "lookahead-log", "pc-shift", "pc-shift-moved")
 Callback = Callable[[dict], None]
 
 #: keys of the dict a callback receives
@@ -119,7 +119,9 @@ class Solver:
             top of the grid, as a trained network's is; docs/math.md §20). "pc-shift": the "pc"
             step whose corrector reads the predictor as the method's first row reads its
             state, at that row's shifted level (methods with an evaluation shift;
-            docs/math.md §18).
+            docs/math.md §18). "pc-shift-moved": "pc-shift" whose read, reused by the first
+            row, is moved from the predictor to the corrected state with a per-sample
+            Gaussian gain fitted to the step's two reads (docs/math.md §22).
 
     Flow grids with diffusers' options: `Solver(FlowMatch(shift=3.0), steps=28)`, or
     `Solver(schedule, timesteps=schedule.timesteps(28, mu=..., sigmas=...))`.

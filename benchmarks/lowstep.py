@@ -6,7 +6,8 @@
 that travels in the latent, §16, ¾ of the way to their level, half of it on cosine, §21;
 the other rows read x̂0 at §13's half-way shifted level),
 the predictor–corrector start-up (on scaled-linear its corrector reads x̃ at row N−1's
-shifted level, "pc-shift", §18; on linear it reads where row N−1 wants x̂0 and weighs
+shifted level and the read row N−1 reuses is moved to the corrected state, "pc-shift-moved",
+§18, §22; on linear it reads where row N−1 wants x̂0 and weighs
 the two reads exactly for a constant error in ε, "lookahead-log", §20) and the "trailing"
 grid, N model calls,
 first model time T − 1 — against diffusers' DPM-Solver++(2M), UniPC (bh2) and DEIS on
@@ -31,7 +32,7 @@ the first 250 of them against a 400-step O-BELM solution of the ODE from the sam
 (`digits_scores`): FD judges the samples, RMSE the solver, at NFE 3/4/5/6/10/20,
 with the recommended sampler's plain "pc" start next to the "lookahead-log" start it uses on
 this (linear) schedule. The same network trained on the scaled-linear schedule
-(`train_digits --beta-schedule scaled_linear`) checks the "pc-shift" start `recommended`
+(`train_digits --beta-schedule scaled_linear`) checks the "pc-shift-moved" start `recommended`
 uses there, against the plain "pc" start, at NFE 4/5/6/10/20.
 
 At 5–20 calls a few points of a batch decide between two mixture components late, and
@@ -773,8 +774,8 @@ def render(data: LowstepData) -> str:
     if data.digits_sl is not None:
         body += ["", "The same network trained on Stable Diffusion's scaled-linear schedule (σ̄ ≤ 14.6; "
                  "`python -m benchmarks.train_digits --beta-schedule scaled_linear`), where `recommended` "
-                 "uses the \"pc-shift\" start: against the plain \"pc\" start it replaced "
-                 f"(\"{PLAIN_START}\") and the peers on their default grid (docs/math.md §18)."]
+                 "uses the \"pc-shift-moved\" start: against the plain \"pc\" start "
+                 f"(\"{PLAIN_START}\") and the peers on their default grid (docs/math.md §18, §22)."]
         body += digits_tables(data.digits_sl, "Digits DDPM, scaled-linear schedule")
     return "\n".join(body)
 

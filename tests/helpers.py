@@ -93,3 +93,21 @@ class Spy:
 
 
 __all__ = ["AnalyticEps", "Count", "Spy", "held_out_mixture", "random_schedule_grid", "assert_exact_p_family_round_trip", "irregular_timesteps", "mse", "empirical_order", "rows_of"]
+
+
+def separated_error_ratios(sch, N: int, make_solver, new: str, old: str, seeds, first_problem_seed: int) -> list:
+    """RMSE(new start-up) / RMSE(old) against the ODE solution from x_T, 256 points on each
+    `default_problem((4,), seed=first_problem_seed + k)` (x_T seed k); `make_solver(sch, N, startup)`."""
+    from backends.analytic import default_problem
+
+    ratios = []
+    for k in seeds:
+        data = default_problem((4,), seed=first_problem_seed + k)
+        eps = AnalyticEps(data, sch)
+        x_T = np.random.default_rng(k).normal(size=(256, 4)) * float(sch.sigma(sch.num_train_timesteps - 1))
+        g = make_solver(sch, N, old).grid
+        ref = data.flow(x_T / g.alpha[N], g.sigma_bar[N], 0.0)
+        err = {st: np.sqrt(np.mean((make_solver(sch, N, st).sample(eps, x_T) - ref) ** 2)) for st in (new, old)}
+        ratios.append(err[new] / err[old])
+    return ratios
+

@@ -629,7 +629,7 @@ def test_lowstep_digits_scores_compare_the_plain_start_on_a_scaled_linear_networ
     assert set(d["fd"]) == {"recommended", lowstep.PLAIN_START, *lowstep.PEERS[:2]}
     eps = digits_eps(unet, schedule, np.arange(6) % 10)
     rec, plain = recommended(schedule, 4), lowstep._kwargs(schedule, lowstep.PLAIN_START, 4)
-    assert rec["startup"] == "pc-shift" and plain == {**rec, "startup": "pc"}
+    assert rec["startup"] == "pc-shift-moved" and plain == {**rec, "startup": "pc"}
     for name, kw in (("recommended", rec), (lowstep.PLAIN_START, plain)):
         x = Solver(schedule, steps=4, **kw).sample(eps, x_T)
         assert d["fd"][name][4] == pytest.approx(float(x.float().abs().mean()), rel=1e-6)

@@ -118,7 +118,7 @@ def test_only_x_n_minus_1_moves_row_n_minus_1_lands_where_the_look_ahead_does(N)
 
 
 def test_recommended_picks_the_start_by_the_top_of_the_schedule():
-    assert recommended(DiscreteVP.scaled_linear(), 5)["startup"] == "pc-shift"  # σ̄(999) = 14.6
+    assert recommended(DiscreteVP.scaled_linear(), 5)["startup"] == "pc-shift-moved"  # σ̄(999) = 14.6
     assert recommended(DiscreteVP.linear(), 5)["startup"] == "lookahead-log"  # 157
     assert recommended(DiscreteVP.cosine(), 5)["startup"] == "pc"  # 2·10⁴
     # schedules whose last ᾱ puts σ̄(T − 1) just inside / outside the bounds

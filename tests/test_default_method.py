@@ -18,7 +18,7 @@ def test_sampling_from_noise_defaults_to_recommended(tiny):
     pipe = adapt(tiny["sd"])
     solver = pipe.solver(6, None, from_noise=True)
     rec = recommended(pipe.schedule, 6)
-    assert solver.method.signature() == rec["method"] and solver.startup == rec["startup"] == "pc-shift"  # SD: scaled-linear, σ̄(999) = 14.6
+    assert solver.method.signature() == rec["method"] and solver.startup == rec["startup"] == "pc-shift-moved"  # SD: scaled-linear, σ̄(999) = 14.6
     assert solver.timesteps[0] == pipe.schedule.num_train_timesteps - 1  # trailing: starts at T − 1
     # an explicit method or an inversion keeps what was asked / O-BELM on the config's grid
     assert pipe.solver(6, None).method.signature() == "o-belm"
@@ -70,4 +70,4 @@ def test_cli_sample_records_the_default(tmp_path, tiny):
                  "--out", str(out), "--json", "--no-progress"])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["method"] == "dpl-ob-traj" and metrics["startup"] == "pc-shift" and metrics["first_timestep"] == 999.0
+    assert metrics["method"] == "dpl-ob-traj" and metrics["startup"] == "pc-shift-moved" and metrics["first_timestep"] == 999.0

@@ -145,7 +145,7 @@ def test_the_shifted_startups_need_a_method_with_an_evaluation_shift(startup):
 
 def test_startup_names_are_checked():
     sch = DiscreteVP.linear()
-    with pytest.raises(ValueError, match=r"startup='rk' must be one of \['ddim', 'lookahead', 'lookahead-log', 'pc', 'pc-shift'\]"):
+    with pytest.raises(ValueError, match=r"startup='rk' must be one of \['ddim', 'lookahead', 'lookahead-log', 'pc', 'pc-shift', 'pc-shift-moved'\]"):
         Solver(sch, steps=8, startup="rk")
     with pytest.raises(ValueError, match="must be one of"):
         Solver(sch, steps=8, startup=["pc"])

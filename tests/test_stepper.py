@@ -119,7 +119,7 @@ def test_next_call_says_where_the_model_is_read(x0):
     carry state) at row N−1's shifted time with input scale κ; `need()` refuses a shifted call."""
     sch = DiscreteVP.scaled_linear()
     solver = _recommended_solver(sch, 6)
-    assert solver.startup == "pc-shift"
+    assert solver.startup == "pc-shift-moved"
     stepper = Stepper.sampling(solver, x0)
     first = stepper.next_call()
     assert first.on_grid and first.index == 6 and first.time == solver.grid.t(6) and first.input is first.x

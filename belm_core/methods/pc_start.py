@@ -51,6 +51,24 @@ as the method's own row N−1 reads its state x_{N−1} (`EvaluationShift`, docs
 and the trapezoid and ε_eff above with this x̂0~. Row N−1 thus receives the x̂0 it would
 read from x̃ itself. Where row N−1 has no shift it is the plain step, bit for bit.
 
+The moved-read variant (startup="pc-shift-moved", docs/math.md §22) is "pc-shift" whose reused
+read follows the state. Row N−1 receives x̂0~, read at the predictor x̃, as if it were read at
+the corrected x_{N−1}; at 5 steps on scaled-linear that substitution costs more than the
+state's own error. For data N(μ, v I), x̂0 read at a state x̄ and level ς is
+μ + J(x̄ − μ) with J = v/(v + ς²), i.e.
+
+    x̂0 − μ = v d,   d = (x̄ − x̂0)/ς²,
+
+so the two reads the step already has (x̂0_N at x̄_N and σ̄_N; x̂0~ at x̃̄ and the level σ̄* it
+was read at) give v per sample by least squares, and the read moves to the corrected state:
+
+    v = max(0, ⟨x̂0~ − x̂0_N, d~ − d_N⟩ / ⟨d~ − d_N, d~ − d_N⟩)   (Σ over each sample's entries)
+    x̂0* = x̂0~ + v/(v + σ̄*²) · (x̄_{N−1} − x̃̄),   ε_eff = (x̄_{N−1} − x̂0*)/σ̄_{N−1}
+
+x_{N−1} itself is "pc-shift"'s; only the read row N−1 receives moves. On Gaussian data it is
+the read at x_{N−1} exactly; elsewhere v is the variance of the isotropic Gaussian that fits
+the two reads. Same two calls; each sample of a batch (first axis) gets its own v.
+
 The code runs in the grid's coordinates (y = x/s, τ; docs/math.md §11), where the data
 prediction is x̂0 = y − τ f in every system: bar coordinates (s = α, τ = σ̄, f = ε) give
 the formulas above, a flow's (s = 1, τ = σ, f = v) the same step with x̂0 = x − σ v and
@@ -64,11 +82,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import recurrence
+from .. import arrays, recurrence
 from .base import Carry, Evaluate, MultistepPlan
 from .shift import model_times
 
-__all__ = ["pc_start", "lookahead_start", "lookahead_log_start", "shifted_pc_start", "line_weight", "bias_weight"]
+__all__ = ["pc_start", "lookahead_start", "lookahead_log_start", "shifted_pc_start", "moved_pc_start", "line_weight",
+           "bias_weight", "gaussian_gain"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,23 @@ def shifted_pc_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate) -> C
     if plan.shift is None:
         raise ValueError("the shifted-corrector start needs a method with an evaluation shift (e.g. 'dpl-ob-traj')")
     return _corrected_start(plan, carry, evaluate, node=None, shifted=True)
+
+
+def moved_pc_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate) -> Carry:
+    """"pc-shift" whose reused read is moved from the predictor to the corrected x_{N−1} with the
+    per-sample Gaussian gain (module docstring), ε_eff cached at x_{N−1}."""
+    if plan.shift is None:
+        raise ValueError("the moved-read start needs a method with an evaluation shift (e.g. 'dpl-ob-traj')")
+    return _corrected_start(plan, carry, evaluate, node=None, shifted=True, moved=True)
+
+
+def gaussian_gain(x0_a: Any, d_a: Any, x0_b: Any, d_b: Any, level_b: float) -> Any:
+    """J_b = v/(v + level_b²), v ≥ 0 the least-squares variance of N(μ, v I) data that explains two
+    reads x̂0 − μ = v d, d = (x̄ − x̂0)/ς² (per sample along the first axis; 0 where d_a = d_b)."""
+    dx = x0_b - x0_a
+    dd = d_b - d_a
+    v = arrays.nonnegative_ratio(arrays.sample_sum(dx * dd), arrays.sample_sum(dd * dd))
+    return v / (v + level_b**2)
 
 
 def lookahead_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate) -> Carry:
@@ -133,7 +169,8 @@ def lookahead_node(plan: MultistepPlan, N: int) -> _Node | None:
 
 
 def _corrected_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate, node: _Node | None,
-                     shifted: bool = False, weight: Callable[[float, float, float], float] = line_weight) -> Carry:
+                     shifted: bool = False, weight: Callable[[float, float, float], float] = line_weight,
+                     moved: bool = False) -> Carry:
     g = plan.grid
     N = carry.index
     if len(carry.xs) != 1 or N < 2:
@@ -160,4 +197,10 @@ def _corrected_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate, node
     )
     # f_eff = (y_{N−1} − x̂0*)/τ_{N−1},  x̂0* = x̃/s_{N−1} − τ_m f̃
     eps_eff = recurrence.linear_combination([1.0 / tau_M, -1.0 / (s_M * tau_M), tau_m / tau_M], [y, x_pred, eps_pred])
+    if moved:  # x̂0* = x̂0~ + J (y_{N−1} − ỹ): f_eff − J (y_{N−1} − ỹ)/τ_{N−1}
+        level = float(plan.shift.weight[N - 1]) * tau_M  # σ̄* at which x̂0~ was read (σ̄_{N−1} unshifted)
+        x0_N = recurrence.linear_combination([1.0 / s_N, -tau_N], [x, eps_N])
+        x0_m = recurrence.linear_combination([1.0 / s_M, -tau_M], [x_pred, eps_pred])
+        gain = gaussian_gain(x0_N, eps_N / tau_N, x0_m, (tau_M / level**2) * eps_pred, level)
+        eps_eff = eps_eff - (gain / tau_M) * recurrence.linear_combination([1.0, -1.0 / s_M], [y, x_pred])
     return Carry(index=N - 1, xs=(s_M * y, x), eps=(eps_eff, None))
