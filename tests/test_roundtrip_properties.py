@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from belm_core import BDIA, EDICT, VE, AmplificationWarning, CosineVP, DiscreteVP, LinearVP, Solver
@@ -58,6 +58,10 @@ def test_exact_methods_round_trip_to_rounding(schedule, steps, method, shape, ba
         while sched.discrete and np.any(np.diff(sched._grid(steps, spacing)) >= 0):
             steps -= 1  # karras/logsnr grids repeat a training timestep beyond some N (refused)
         solver = Solver(sched, steps=steps, method=method, spacing=spacing)
+        # the bound below grows with the amplification (2^N for BDIA γ = ½); where it passes 1e30 the
+        # rounding it allows overflows a float32 output to inf and the bound says nothing: not checked
+        cond = float(np.max(solver.grid.alpha[0] / solver.grid.alpha[1:]))
+        assume(1e-11 * max(1.0, solver.amplification()) * cond**2 < 1e30)
         mixture = held_out_mixture(shape[1:], seed=seed % 50)
         eps = AnalyticEps(mixture, sched)
         x0 = mixture.sample(shape[0], seed=seed).astype(dtype)
@@ -75,7 +79,6 @@ def test_exact_methods_round_trip_to_rounding(schedule, steps, method, shape, ba
     # t = 999), fed back once more through ε; grids that crowd the top (karras, logsnr: 999,
     # 998, 997, …) take several steps at that α, not one. The rounding of those intermediates
     # reaches x_0 once more through the amplification Π|1/c_{i,k}|.
-    cond = float(np.max(solver.grid.alpha[0] / solver.grid.alpha[1:]))
     bound = scale * (1e-11 * max(1.0, solver.amplification()) * cond**2 + out_eps)
     err = float(np.abs(rec_64 - x0_64).max())
     assert err <= bound, f"round-trip error {err:.3e} > bound {bound:.3e} (amplification {solver.amplification():.3g})"
