@@ -200,7 +200,7 @@ def _corrected_start(plan: MultistepPlan, carry: Carry, evaluate: Evaluate, node
     if moved:  # x̂0* = x̂0~ + J (y_{N−1} − ỹ): f_eff − J (y_{N−1} − ỹ)/τ_{N−1}
         level = float(plan.shift.weight[N - 1]) * tau_M  # σ̄* at which x̂0~ was read (σ̄_{N−1} unshifted)
         x0_N = recurrence.linear_combination([1.0 / s_N, -tau_N], [x, eps_N])
-        x0_m = recurrence.linear_combination([1.0 / s_M, -tau_M], [x_pred, eps_pred])
-        gain = gaussian_gain(x0_N, eps_N / tau_N, x0_m, (tau_M / level**2) * eps_pred, level)
+        x0_m = recurrence.linear_combination([1.0 / s_M, -tau_m], [x_pred, eps_pred])  # the x̂0~ f_eff used
+        gain = gaussian_gain(x0_N, eps_N / tau_N, x0_m, (tau_m / level**2) * eps_pred, level)
         eps_eff = eps_eff - (gain / tau_M) * recurrence.linear_combination([1.0, -1.0 / s_M], [y, x_pred])
     return Carry(index=N - 1, xs=(s_M * y, x), eps=(eps_eff, None))
