@@ -193,7 +193,7 @@ def _digits_data() -> digits.DigitsData:
     return digits.DigitsData(
         checkpoint="benchmarks/.cache/digits", trained_s=None, meta=meta, classifier_acc=0.95, floor_fd=0.5,
         floor_sw=0.02, n_rec=4, rec_steps=rec_steps, rec_methods=rec_methods, inverters=inverters, rec=rec,
-        dtype_steps=50, dtype_methods=("o-belm",), dtype_rec=dtype_rec, nfes=(5, 10), n_gen=20,
+        zero_pixels=7, edict_off={("edict", 10): 2.5e-29, ("edict", 50): 1.25e-28}, dtype_steps=50, dtype_methods=("o-belm",), dtype_rec=dtype_rec, nfes=(5, 10), n_gen=20,
         q_methods=("ddim",), q_peers=("diffusers-DDIM",), quality=quality,
         samples={("ddim", 10): np.zeros((40, 1, 8, 8), dtype=np.float32)}, edit=edit)
 
@@ -207,6 +207,8 @@ def test_digits_render_tables():
     assert set(rec) == {"method", "ddim", "o-belm", "diffusers-DDIMInverse"}
     assert rec["ddim"] == ["1.00e-03", "4.00e-04"] and rec["diffusers-DDIMInverse"][0] == "inf"
     assert "10 steps: 1.0e+27, 50 steps: 4.0e+296" in sections[1]  # a zero MSE is floored at 1e-300
+    assert "7 of the 256 held-out pixels are exactly 0" in sections[1]
+    assert "round trip is 2.50e-29 / 1.25e-28 at 10 / 50 steps" in sections[1]
     dtypes = rows_of(sections[2])
     assert dtypes["method"] == list(digits.STATE_DTYPES) and set(dtypes) == {"method", "o-belm"}
     assert dtypes["o-belm"] == ["1.0e-30", "1.0e-25", "1.0e-20", "1.0e-15"]
