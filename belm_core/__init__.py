@@ -16,7 +16,7 @@ Importing belm_core imports neither torch nor sympy (sympy loads on first `deriv
 """
 
 from .grid import Grid, make_grid
-from .methods import BDIA, BELM, DDIM, EDICT, METHODS, OBELM, LinearMultistep, Method, PFamily, TrajectoryReading, get_method
+from .methods import BDIA, BELM, DDIM, EDICT, METHODS, OBELM, LinearMultistep, Method, PFamily, TrajectoryReading, CurvatureReading, get_method
 from .recommend import recommended
 from .schedules import VE, CosineVP, DiscreteVP, EDM, FlowMatch, LinearVP, NoiseSchedule
 from .solver import AmplificationWarning, Latent, LatentMetadataWarning, PrecisionWarning, Solver
@@ -38,6 +38,6 @@ __all__ = [
     "Solver", "Latent", "LatentMetadataWarning", "AmplificationWarning", "PrecisionWarning",
     "NoiseSchedule", "DiscreteVP", "LinearVP", "CosineVP", "VE", "EDM", "FlowMatch",
     "Grid", "make_grid",
-    "Method", "LinearMultistep", "DDIM", "BDIA", "EDICT", "OBELM", "BELM", "PFamily", "TrajectoryReading", "METHODS", "get_method",
+    "Method", "LinearMultistep", "DDIM", "BDIA", "EDICT", "OBELM", "BELM", "PFamily", "TrajectoryReading", "CurvatureReading", "METHODS", "get_method",
     "derive", "recommended",
 ]

@@ -56,7 +56,16 @@ hence the bound. On cosine the trajectory rows read half of the way to their lev
 0.59 / 0.47) and 70 / 66 / 42 / 25 against 69 / 64 / 37 / 23 of the first 70 at NFE 8 / 15 /
 30 / 50, NFE 5–10 unchanged; reach ½ loses on scaled-linear and linear (NFE-5 cells 57
 against 61; linear NFE 10 62 against 70), hence `REACH_TOP`. No cosine network exists
-here to check it (docs/math.md §17). On scaled-linear the start-up's read that row N−1
+here to check it (docs/math.md §17). Above `REACH_TOP` the method is "dpl-ob-curv"
+(`belm_core.methods.curvature`, docs/math.md §23): the trajectory rows with 2 < σ̄_i < 10
+correct their τ-quadrature for x̂0's slope and curvature, estimated from a quarter-turn
+rotation register fed with the rows' reads, which travels in the latent (five arrays). On
+cosine it lowers the error at NFE 15 / 20 / 30 / 50 on 49 / 42 / 54 / 61 of the first 70
+mixtures (geometric-mean ratio 0.97 / 0.80 / 0.64 / 0.80; NFE ≤ 10 has no corrected rows) and
+takes cosine NFE 20 from 60 / 60 / 49 / 28 to 65 / 63 / 54 / 30 cells on the first and second
+70, the fresh 60 and the 35 separated among the 140 (all nine cells: 49 / 50 / 36 / 14 against
+44 / 49 / 34 / 14); on scaled-linear and linear it improves only 20–27 of 70 mixtures at NFE
+10–20, so they keep "dpl-ob-traj". On scaled-linear the start-up's read that row N−1
 reuses is moved from the predictor to the corrected state ("pc-shift-moved", docs/math.md
 §22): scaled-linear NFE-5 cells 63 / 65 / 56 / 32 against 61 / 63 / 53 / 26 on the same four
 sets (NFE 10 and 20 within one cell); on the scaled-linear digits network the ODE RMSE is
@@ -85,6 +94,7 @@ from __future__ import annotations
 from typing import Any
 
 from .checks import is_index
+from .methods.curvature import CurvatureReading
 from .methods.trajectory import TrajectoryReading
 from .schedules import DiscreteVP, FlowMatch, NoiseSchedule
 
@@ -133,11 +143,12 @@ def recommended(schedule: NoiseSchedule, steps: int) -> dict[str, Any]:
 
 
 def method_for(schedule: DiscreteVP) -> str | TrajectoryReading:
-    """The VP method by the noisiest level σ̄(T − 1): "dpl-ob-traj" up to `REACH_TOP`, above it
-    the same rows reading `WIDE_REACH` of the way to their level (`TrajectoryReading(reach=½)`)."""
+    """The VP method by the noisiest level σ̄(T − 1): "dpl-ob-traj" up to `REACH_TOP`; above it
+    the same rows reading `WIDE_REACH` of the way to their level, whose band rows correct their
+    τ-quadrature for x̂0's slope and curvature (`CurvatureReading(reach=½)`, docs/math.md §23)."""
     if _top(schedule) <= REACH_TOP:
         return "dpl-ob-traj"
-    return TrajectoryReading(reach=WIDE_REACH)
+    return CurvatureReading(reach=WIDE_REACH)
 
 
 def startup_for(schedule: DiscreteVP) -> str:

@@ -4,7 +4,9 @@
 "dpl-ob-traj" (the p-family member dpl-ob, docs/math.md §12, whose DPL rows with
 σ̄_{i+1}/σ̄_{i−1} < 6 read x̂0 on the trajectory ahead, extrapolated with a velocity register
 that travels in the latent, §16, ¾ of the way to their level, half of it on cosine, §21;
-the other rows read x̂0 at §13's half-way shifted level),
+the other rows read x̂0 at §13's half-way shifted level; on cosine, "dpl-ob-curv", whose
+rows with 2 < σ̄ < 10 also correct their τ-quadrature for x̂0's slope and curvature, read
+from a rotation register that travels in the latent as well, §23),
 the predictor–corrector start-up (on scaled-linear its corrector reads x̃ at row N−1's
 shifted level and the read row N−1 reuses is moved to the corrected state, "pc-shift-moved",
 §18, §22; on linear it reads where row N−1 wants x̂0 and weighs
@@ -104,7 +106,12 @@ look-ahead start whose weights are exact for a constant error in ε (startup="lo
 docs/math.md §20: a trained network's x̂0 near σ̄ = 157 is off by about −σ̄ δ) takes linear
 NFE 5 from 46 and 53 to 60 and 60 of the two halves of the 140 and holds the network (its
 tables below); the same weights on cosine, whose top step is 2·10⁴ → 13, lose NFE 20 on
-the mixtures (15 instead of 34 of 42 separated ones), so cosine keeps "pc".
+the mixtures (15 instead of 34 of 42 separated ones), so cosine keeps "pc". Correcting the
+rows' τ-quadrature for x̂0's slope and curvature from a rotation register ("dpl-ob-curv",
+docs/math.md §23) lowers the cosine error at NFE 15–50 on most mixtures (geometric-mean ratio
+0.80 at NFE 20, 0.64 at 30) and lifts cosine NFE 20 from 60 to 65 of the first 70 cells; on
+scaled-linear and linear it makes most mixtures slightly worse (20–27 of 70 improved at NFE
+10–20) while winning a few by much, so only cosine uses it.
 
 The peers on their own best grid laws (the issue's stretch): for each schedule and each
 of DPM++2M, UniPC and DEIS, the candidates are the grid laws diffusers itself offers for

@@ -54,6 +54,19 @@ def assert_exact_p_family_round_trip(solver, latent, rec, x0, N: int) -> None:
         assert np.max(np.abs(rec - x0)) <= 1e-10 * scale * N
 
 
+def latent_distances(sch, solver_kwargs, steps=(20, 50), seed: int = 21) -> dict:
+    """{N: RMSE of the inverted latent's x_N against the exact ODE inversion of 64 points of a
+    held-out mixture to t = T − 1}, for `Solver(sch, steps=N, **solver_kwargs(N))`."""
+    from belm_core import Solver
+
+    data = held_out_mixture((4,), seed=seed)
+    eps = AnalyticEps(data, sch)
+    x0 = data.sample(64, seed=5)
+    exact = float(sch.alpha(999)) * data.flow(x0, 0.0, float(sch.sigma_bar(999)))
+    return {N: float(np.sqrt(np.mean((Solver(sch, steps=N, **solver_kwargs(N)).invert(eps, x0).states[0] - exact) ** 2)))
+            for N in steps}
+
+
 def rows_of(markdown: str) -> dict[str, list[str]]:
     """{first cell: other cells} of every body row of the markdown tables in `markdown`."""
     out = {}
@@ -92,7 +105,7 @@ class Spy:
         return self.f(x, t)
 
 
-__all__ = ["AnalyticEps", "Count", "Spy", "held_out_mixture", "random_schedule_grid", "assert_exact_p_family_round_trip", "irregular_timesteps", "mse", "empirical_order", "rows_of"]
+__all__ = ["AnalyticEps", "Count", "Spy", "held_out_mixture", "random_schedule_grid", "assert_exact_p_family_round_trip", "irregular_timesteps", "mse", "empirical_order", "rows_of", "latent_distances"]
 
 
 def separated_error_ratios(sch, N: int, make_solver, new: str, old: str, seeds, first_problem_seed: int) -> list:

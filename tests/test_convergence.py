@@ -66,7 +66,7 @@ REGISTRY_NS = {"edict": [160, 320, 640, 1280]}
 # DPL's rows are neutral in the stiff directions (like the leapfrog): on alternating steps
 # "dpl-ob" (shifted or not) does not converge, so its declared order holds on smoothly graded grids (every
 # spacing the schedules offer); here a Karras ρ = 7 grid (see belm_core.methods.pfamily)
-SMOOTH_GRIDS_ONLY = {"dpl-ob", "dpl-ob-shift", "dpl-ob-shift-last", "dpl-ob-traj"}
+SMOOTH_GRIDS_ONLY = {"dpl-ob", "dpl-ob-shift", "dpl-ob-shift-last", "dpl-ob-traj", "dpl-ob-curv"}
 
 
 def karras_timesteps(schedule, N: int, rho: float = 7.0) -> np.ndarray:

@@ -428,6 +428,26 @@ def test_exact_reconstruction_through_the_pipeline(built, name, method, arrays):
     assert float(((rec_ddim - z0) ** 2).mean()) > 1e-8
 
 
+def test_exact_reconstruction_through_the_pipeline_on_a_cosine_config(built):
+    """On diffusers' "squaredcos_cap_v2" betas "recommended" is "dpl-ob-curv(reach=0.5)": at 20 steps
+    its band rows correct their quadrature, its latent carries five arrays (states, w, U0, U1), and
+    the pipeline reconstructs exactly from it."""
+    pipe, config = built("sd")
+    steps, g, z0 = 20, GUIDANCE["sd"], _z0(4)
+    inv = BELMInverseScheduler.from_config(config, method="recommended", beta_schedule="squaredcos_cap_v2")
+    pipe.scheduler = inv
+    pipe(PROMPT, latents=z0, num_inference_steps=steps, guidance_scale=g, output_type="latent")
+    assert inv.method.signature() == "dpl-ob-curv(reach=0.5)" and inv.solver._plan.weights
+    latent = inv.latent
+    assert len(latent.states) == 5 and float(latent.states[4].abs().max()) > 0
+    sched = BELMScheduler.from_config(config, method="recommended", beta_schedule="squaredcos_cap_v2")
+    sched.set_latent(latent)
+    pipe.scheduler = sched
+    rec = pipe(PROMPT, latents=latent.states[0].to(pipe.unet.dtype), num_inference_steps=steps, guidance_scale=g,
+               output_type="latent").images
+    assert float(((rec.double() - z0.double()) ** 2).mean()) <= 1e-16
+
+
 def _unet_fn(pipe, config):
     """unet(z, t) → model output for the SD pipeline's prompt (no guidance), as a user's manual loop."""
     hidden = pipe.encode_prompt(PROMPT, "cpu", 1, False)[0]

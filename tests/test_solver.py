@@ -233,11 +233,11 @@ def test_import_does_not_import_torch_or_sympy():
 
 # -- bad input -------------------------------------------------------------------------------------
 def test_unknown_method_lists_valid_names():
-    with pytest.raises(ValueError, match=r"method='dpm'.*\['bdia', 'belm3', 'ddim', 'dpl-ob', 'dpl-ob-shift', 'dpl-ob-shift-last', 'dpl-ob-traj', 'edict', 'o-belm'\]"):
+    with pytest.raises(ValueError, match=r"method='dpm'.*\['bdia', 'belm3', 'ddim', 'dpl-ob', 'dpl-ob-curv', 'dpl-ob-shift', 'dpl-ob-shift-last', 'dpl-ob-traj', 'edict', 'o-belm'\]"):
         Solver(SD, steps=10, method="dpm")
     with pytest.raises(TypeError, match="method must be"):
         Solver(SD, steps=10, method=3)
-    assert sorted(METHODS) == ["bdia", "belm3", "ddim", "dpl-ob", "dpl-ob-shift", "dpl-ob-shift-last", "dpl-ob-traj", "edict", "o-belm"]
+    assert sorted(METHODS) == ["bdia", "belm3", "ddim", "dpl-ob", "dpl-ob-curv", "dpl-ob-shift", "dpl-ob-shift-last", "dpl-ob-traj", "edict", "o-belm"]
 
 
 def test_eps_of_wrong_shape_or_non_finite(problem):
@@ -337,5 +337,6 @@ def test_timesteps_and_steps_conflict():
 def test_methods_declare_order_and_nfe():
     table = {m: (METHODS[m]().order, METHODS[m]().nfe_per_step) for m in METHODS}
     assert table == {"ddim": (1, 1), "bdia": (1, 1), "edict": (1, 2), "o-belm": (2, 1), "belm3": (2, 1),
-                     "dpl-ob": (2, 1), "dpl-ob-shift": (2, 1), "dpl-ob-shift-last": (2, 1), "dpl-ob-traj": (2, 1)}
+                     "dpl-ob": (2, 1), "dpl-ob-shift": (2, 1), "dpl-ob-shift-last": (2, 1), "dpl-ob-traj": (2, 1),
+                     "dpl-ob-curv": (2, 1)}
     assert not DDIM().exact and OBELM().exact

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from belm_core import DiscreteVP, FlowMatch, Latent, LinearVP, Solver, TrajectoryReading, make_grid, recommended
 from belm_core.methods import get_method
-from helpers import AnalyticEps, Count, Spy, held_out_mixture, random_schedule_grid, assert_exact_p_family_round_trip
+from helpers import (AnalyticEps, Count, Spy, held_out_mixture, random_schedule_grid, assert_exact_p_family_round_trip,
+                     latent_distances)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -105,14 +106,7 @@ def test_the_latent_carries_the_register_and_sampling_reads_it(tmp_path):
 @pytest.mark.parametrize("kind", ["scaled_linear", "linear"])
 def test_recommended_latent_converges_to_the_exact_ode_inversion(kind):
     sch = getattr(DiscreteVP, kind)()
-    data = held_out_mixture((4,), seed=21)
-    eps = AnalyticEps(data, sch)
-    x0 = data.sample(64, seed=5)
-    exact = float(sch.alpha(999)) * data.flow(x0, 0.0, float(sch.sigma_bar(999)))
-    err = {}
-    for N in (20, 50):
-        latent = Solver(sch, steps=N, **recommended(sch, N)).invert(eps, x0)
-        err[N] = float(np.sqrt(np.mean((latent.states[0] - exact) ** 2)))
+    err = latent_distances(sch, lambda N: recommended(sch, N))
     assert err[50] < 0.7 * err[20]
 
 
@@ -158,7 +152,7 @@ def test_recommended_reads_half_way_on_cosine_and_three_quarters_below_the_bound
         if reach == WIDE_REACH:
             three_quarters = TrajectoryReading().reading_rows(solver.grid)
             assert any(plan.reading[i][2] > three_quarters[i][2] for i in plan.reading)
-    for base, top, want in (("linear", 0.99 * REACH_TOP, "dpl-ob-traj"), ("linear", 1.01 * REACH_TOP, "dpl-ob-traj(reach=0.5)")):
+    for base, top, want in (("linear", 0.99 * REACH_TOP, "dpl-ob-traj"), ("linear", 1.01 * REACH_TOP, "dpl-ob-curv(reach=0.5)")):
         abar = getattr(DiscreteVP, base)().alphas_cumprod.copy()
         abar[-1] = 1 / (1 + top**2)
         sch = DiscreteVP(abar)
@@ -174,7 +168,7 @@ def test_recommended_reads_half_way_on_cosine_and_three_quarters_below_the_bound
 
 def test_recommended_scheduler_on_a_cosine_config_runs_the_half_way_reader():
     """BELMScheduler(method="recommended") on diffusers' "squaredcos_cap_v2" config samples with the
-    cosine recommendation, bit for bit the Solver's."""
+    cosine recommendation (half-way reach, curvature-corrected band rows), bit for bit the Solver's."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("diffusers")
     from backends.config import schedule_from_config
@@ -182,7 +176,7 @@ def test_recommended_scheduler_on_a_cosine_config_runs_the_half_way_reader():
 
     sched = BELMScheduler(beta_schedule="squaredcos_cap_v2", method="recommended")
     schedule = schedule_from_config(sched.config)
-    steps = 9
+    steps = 20
     sched.set_timesteps(steps)
     data = held_out_mixture((4,), seed=6)
     eps = AnalyticEps(data, schedule)
@@ -195,5 +189,5 @@ def test_recommended_scheduler_on_a_cosine_config_runs_the_half_way_reader():
     for t in sched.timesteps:
         x = sched.step(model(x, t), t, x).prev_sample
     solver = Solver(schedule, steps=steps, **recommended(schedule, steps))
-    assert solver.method.signature() == "dpl-ob-traj(reach=0.5)"
+    assert solver.method.signature() == "dpl-ob-curv(reach=0.5)" and solver._plan.weights  # rows corrected
     assert torch.equal(x, solver.sample(model, x_T))

@@ -10,6 +10,7 @@ from typing import Callable
 
 from .base import Carry, LinearMultistep, Method, Stability
 from .bdia import BDIA
+from .curvature import CurvatureReading
 from .belm import BELM
 from .ddim import DDIM
 from .edict import EDICT
@@ -18,7 +19,7 @@ from .pfamily import PFamily
 from .trajectory import TrajectoryReading
 
 __all__ = ["Method", "LinearMultistep", "Carry", "Stability", "DDIM", "BDIA", "EDICT", "OBELM", "BELM",
-           "PFamily", "TrajectoryReading", "METHODS", "get_method"]
+           "PFamily", "TrajectoryReading", "CurvatureReading", "METHODS", "get_method"]
 
 #: name → factory with the default parameters
 METHODS: dict[str, Callable[[], Method]] = {
@@ -30,7 +31,8 @@ METHODS: dict[str, Callable[[], Method]] = {
     "dpl-ob": PFamily,  # rule="dpl-ob", s=0.3
     "dpl-ob-shift": PFamily.shifted,  # rule="dpl-ob", shift=0.5
     "dpl-ob-shift-last": PFamily.shifted_last,  # and the last row shifted
-    "dpl-ob-traj": TrajectoryReading,  # fine rows read x̂0 on the trajectory (the recommended sampler)
+    "dpl-ob-traj": TrajectoryReading,  # fine rows read x̂0 on the trajectory
+    "dpl-ob-curv": CurvatureReading,  # and correct their quadrature for x̂0's slope and curvature (recommended)
 }
 
 

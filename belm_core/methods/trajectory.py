@@ -146,25 +146,49 @@ class TrajectoryReading(PFamily):
         if len(carry.xs) < 2:  # the DDIM start from a lone x_N
             return super().step(plan, carry, evaluate)
         i, g = carry.index, plan.grid
-        w = carry.aux  # w_{i+1}
+        w, extra = self.unpack(carry.aux)  # w_{i+1}
         if w is None:
             w = self.register_start(g, i + 1, carry.xs[0], carry.xs[1])
-        if carry.eps[0] is None and i in plan.reading:
-            carry = replace(carry, eps=(evaluate.own(self._read(plan, evaluate, i, carry.xs[0], w)), *carry.eps[1:]))
+        eps = carry.eps[0]
+        if eps is None and i in plan.reading:
+            eps = self._read(plan, evaluate, i, carry.xs[0], w)
+        eps, extra = self.sample_row(plan, evaluate, i, carry.xs[0], eps, extra)
+        if eps is not None and eps is not carry.eps[0]:
+            carry = replace(carry, eps=(evaluate.own(eps), *carry.eps[1:]))
         new = super().step(plan, carry, evaluate)  # x_{i−1}
-        return replace(new, aux=self.register_next(g, i, new.xs[0], new.xs[1], w))
+        return replace(new, aux=self.pack(self.register_next(g, i, new.xs[0], new.xs[1], w), extra))
 
     # -- inversion -----------------------------------------------------------------------------
     def inverse_step(self, plan: ReadingPlan, carry: Carry, evaluate: Evaluate) -> Carry:
         if len(carry.xs) < 2:  # DDIM inversion x_0 → x_1; the register starts at E_1/2
             new = super().inverse_step(plan, carry, evaluate)
-            return replace(new, aux=self.register_start(plan.grid, 1, new.xs[0], new.xs[1]))
+            return replace(new, aux=self.pack(self.register_start(plan.grid, 1, new.xs[0], new.xs[1]), None))
         i, g = carry.index + 1, plan.grid  # the row whose far end x_{i+1} is computed
-        w = self.register_next(g, i, carry.xs[0], carry.xs[1], carry.aux)  # w_{i+1}
-        if i in plan.reading:
-            carry = replace(carry, eps=(*carry.eps[:-1], evaluate.own(self._read(plan, evaluate, i, carry.xs[1], w))))
+        w_i, extra = self.unpack(carry.aux)
+        w = self.register_next(g, i, carry.xs[0], carry.xs[1], w_i)  # w_{i+1}
+        eps = self._read(plan, evaluate, i, carry.xs[1], w) if i in plan.reading else None
+        eps, extra = self.invert_row(plan, evaluate, i, carry.xs[1], eps, extra)
+        if eps is not None:
+            carry = replace(carry, eps=(*carry.eps[:-1], evaluate.own(eps)))
         new = super().inverse_step(plan, carry, evaluate)
-        return replace(new, aux=w)
+        return replace(new, aux=self.pack(w, extra))
+
+    # -- hooks for a subclass that carries more than the velocity register -----------------------
+    def unpack(self, aux: Any) -> tuple[Any, Any]:
+        """(w, extra) from a carry's aux; "dpl-ob-traj" carries w alone."""
+        return aux, None
+
+    def pack(self, w: Any, extra: Any) -> Any:
+        """A carry's aux from (w, extra)."""
+        return w
+
+    def sample_row(self, plan: ReadingPlan, evaluate: Evaluate, i: int, x_i: Any, eps: Any, extra: Any) -> tuple[Any, Any]:
+        """(ε̂_i row i uses, extra after it) while sampling; ε̂_i None: the row evaluates its own."""
+        return eps, extra
+
+    def invert_row(self, plan: ReadingPlan, evaluate: Evaluate, i: int, x_i: Any, eps: Any, extra: Any) -> tuple[Any, Any]:
+        """(ε̂_i row i uses, extra before it) while inverting row i; ε̂_i None: the row evaluates its own."""
+        return eps, extra
 
     def latent_states(self, carry: Carry) -> tuple:
         return (*super().latent_states(carry), carry.aux)
