@@ -19,7 +19,8 @@ from belm_core import AmplificationWarning, DiscreteVP, Solver, get_method, reco
 
 SCHEDULES = {"sd": DiscreteVP.scaled_linear, "ddpm": DiscreteVP.linear, "cosine": DiscreteVP.cosine}
 #: "recommended" is `belm_core.recommended(schedule, N)`: dpl-ob-traj on the trailing grid with the
-#: predictor–corrector start, "pc-shift-moved" on "sd" and "lookahead-log" on "ddpm" (its own spacing,
+#: predictor–corrector start, "pc-shift-moved" on "sd" and "lookahead-log" on "ddpm"; on "cosine"
+#: dpl-ob-curv(reach=0.5) with the plain "pc" start (its own spacing,
 #: whatever --spacing says)
 DEFAULT_METHODS = ("ddim", "bdia", "edict", "o-belm", "recommended")
 

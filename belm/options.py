@@ -35,8 +35,8 @@ class SamplingOptions:
         negative_prompt: the negative branch of classifier-free guidance (None: the empty prompt).
         guidance_scale: g in ε = ε_u + g (ε_c − ε_u) (docs/math.md §7); 1 is no guidance.
         steps: number of sampling steps N.
-        method: a registered method name ("o-belm", "dpl-ob-traj", "dpl-ob-shift-last", "dpl-ob-shift", "dpl-ob", "bdia", "edict",
-            "ddim", "belm3") or a `Method`; None (default) is the application's choice: `belm_core.recommended` (dpl-ob-traj,
+        method: a registered method name ("o-belm", "dpl-ob-traj", "dpl-ob-curv", "dpl-ob-shift-last", "dpl-ob-shift", "dpl-ob", "bdia", "edict",
+            "ddim", "belm3") or a `Method`; None (default) is the application's choice: `belm_core.recommended` (dpl-ob-traj, dpl-ob-curv on cosine,
             trailing grid, predictor–corrector start) when sampling from noise on a DDPM/SD-type
             schedule, O-BELM with the predictor–corrector start on the pipeline's own grid when
             sampling from noise with a flow model (SD3, Flux), plain O-BELM on the pipeline's

@@ -16,7 +16,8 @@ Importing belm_core imports neither torch nor sympy (sympy loads on first `deriv
 """
 
 from .grid import Grid, make_grid
-from .methods import BDIA, BELM, DDIM, EDICT, METHODS, OBELM, LinearMultistep, Method, PFamily, TrajectoryReading, CurvatureReading, get_method
+from .methods import (BDIA, BELM, DDIM, EDICT, METHODS, OBELM, CurvatureReading, LinearMultistep, Method, PFamily,
+                      TrajectoryReading, get_method)
 from .recommend import recommended
 from .schedules import VE, CosineVP, DiscreteVP, EDM, FlowMatch, LinearVP, NoiseSchedule
 from .solver import AmplificationWarning, Latent, LatentMetadataWarning, PrecisionWarning, Solver

@@ -59,7 +59,8 @@ class Latent:
     """The states exact reconstruction needs, noisiest first.
 
     `(x_T, x_{T−1})` for 2-step methods, `(x_T, x_{T−1}, w_T)` for "dpl-ob-traj" (w: its
-    velocity register, docs/math.md §16), `(x, y)` for EDICT, `(x_T,)` for DDIM.
+    velocity register, docs/math.md §16), `(x_T, x_{T−1}, w_T, U0_T, U1_T)` for "dpl-ob-curv"
+    (U: its rotation register, docs/math.md §23), `(x, y)` for EDICT, `(x_T,)` for DDIM.
 
     Attributes:
         states: tuple of floating arrays (float64/32/16, or bfloat16 torch tensors), all

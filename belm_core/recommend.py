@@ -5,7 +5,8 @@
 For discrete VP schedules (DDPM "linear", SD "scaled_linear", "cosine"), at every N ≥ 2:
 "dpl-ob-traj" (`belm_core.methods.trajectory`, docs/math.md §16; above `REACH_TOP`, i.e. on
 cosine, its trajectory rows read half of the way to their level instead of ¾, `method_for`,
-docs/math.md §21), a predictor–corrector
+docs/math.md §21, and it is "dpl-ob-curv", whose rows with 2 < σ̄ < 10 also correct their
+τ-quadrature for x̂0's slope and curvature, docs/math.md §23), a predictor–corrector
 start-up chosen by the schedule's noisiest level σ̄(T − 1) (`startup_for`: "pc-shift-moved",
 whose corrector reads the predictor the way row N−1 reads its state and whose read, reused by
 row N−1, is moved to the corrected state with a per-sample Gaussian gain, up to `TRUSTED_TOP`;

@@ -10,8 +10,8 @@ from typing import Callable
 
 from .base import Carry, LinearMultistep, Method, Stability
 from .bdia import BDIA
-from .curvature import CurvatureReading
 from .belm import BELM
+from .curvature import CurvatureReading
 from .ddim import DDIM
 from .edict import EDICT
 from .obelm import OBELM
@@ -31,8 +31,8 @@ METHODS: dict[str, Callable[[], Method]] = {
     "dpl-ob": PFamily,  # rule="dpl-ob", s=0.3
     "dpl-ob-shift": PFamily.shifted,  # rule="dpl-ob", shift=0.5
     "dpl-ob-shift-last": PFamily.shifted_last,  # and the last row shifted
-    "dpl-ob-traj": TrajectoryReading,  # fine rows read x̂0 on the trajectory
-    "dpl-ob-curv": CurvatureReading,  # and correct their quadrature for x̂0's slope and curvature (recommended)
+    "dpl-ob-traj": TrajectoryReading,  # fine rows read x̂0 on the trajectory (recommended on scaled-linear, linear)
+    "dpl-ob-curv": CurvatureReading,  # and correct their quadrature for x̂0's slope and curvature (on cosine)
 }
 
 
