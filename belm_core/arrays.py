@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["is_torch", "to_state", "cast_to", "copy", "dtype_name", "all_finite", "resolve_dtype", "finfo_eps"]
+__all__ = ["is_torch", "to_state", "cast_to", "copy", "zeros_like", "dtype_name", "all_finite", "resolve_dtype", "finfo_eps"]
 
 FLOAT_NAMES = ("float64", "float32", "float16", "bfloat16")
 
@@ -76,6 +76,11 @@ def cast_to(x: Any, dtype: str) -> Any:
 def copy(x: Any) -> Any:
     """A fresh array with x's contents (same kind, dtype and device; differentiable for torch)."""
     return x.clone() if is_torch(x) else x.copy()
+
+
+def zeros_like(x: Any) -> Any:
+    """Zeros of x's shape, dtype and device (NumPy array or torch tensor)."""
+    return x.new_zeros(x.shape) if is_torch(x) else np.zeros_like(x)
 
 
 def all_finite(x: Any) -> bool:

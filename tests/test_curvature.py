@@ -4,7 +4,7 @@ Oracles: exact round trips on random grids and partial latents (inside, below an
 band); the register algebra against its smooth parts on polynomial read sequences and its
 inverse; the row weights against the exact τ-average of a quadratic x̂0; the corrected ε
 rebuilt independently from the sampled states; the registers actually carried in the Latent;
-lower error than "dpl-ob-traj" on held-out mixtures; convergence of the inverted latent.
+lower error than the uncorrected rows on held-out mixtures on cosine; convergence of the inverted latent.
 """
 
 import warnings

@@ -31,7 +31,7 @@ from .startup import startup_ladder
 
 __all__ = [
     "Carry", "Method", "LinearMultistep", "Stability", "Evaluate", "MultistepPlan", "EvaluationShift",
-    "nan_tables", "p_family_tables",
+    "nan_tables", "p_family_tables", "row_eps",
 ]
 
 
@@ -313,6 +313,12 @@ class LinearMultistep(Method):
         return product
 
 
+def row_eps(shift: EvaluationShift | None, evaluate: Evaluate, x: Any, index: int) -> Any:
+    """ε of the state x at grid index `index` as a method's own row reads it: where `shift` says
+    (`EvaluationShift`), or at (x, t_index) without one."""
+    return evaluate(x, index) if shift is None else shift.evaluate(evaluate, x, index)
+
+
 def _fill_eps(
     table: recurrence.Table, i: int, xs: Sequence[Any], eps: list, shift: EvaluationShift | None, evaluate: Evaluate
 ) -> list:
@@ -325,6 +331,6 @@ def _fill_eps(
     eps = eps + [None] * (len(xs) - len(eps))
     missing = [j for j in table.eps_slots(i) if j <= len(xs) and eps[j - 1] is None]
     for n, j in enumerate(missing):
-        e = evaluate(xs[j - 1], i - 1 + j) if shift is None else shift.evaluate(evaluate, xs[j - 1], i - 1 + j)
+        e = row_eps(shift, evaluate, xs[j - 1], i - 1 + j)
         eps[j - 1] = e if n == len(missing) - 1 else evaluate.own(e)
     return eps

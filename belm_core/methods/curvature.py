@@ -49,13 +49,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-
 from .. import recurrence
-from ..arrays import is_torch
+from ..arrays import zeros_like
 from ..checks import is_real
 from ..grid import Grid
-from .base import Carry, Evaluate
+from .base import Carry, Evaluate, row_eps
 from .pfamily import DEFAULT_S
 from .trajectory import DEFAULT_MAX_RATIO, DEFAULT_REACH, ReadingPlan, TrajectoryReading
 
@@ -164,8 +162,7 @@ class CurvatureReading(TrajectoryReading):
         sb = float(plan.grid.sigma_bar[i])
         return recurrence.linear_combination([1.0, -k_r / sb, k_1 / sb, k_0 / sb], [eps, r, regs.u1, regs.u0])
 
-    def sample_row(self, plan: CurvaturePlan, evaluate: Evaluate, i: int, x_i: Any, eps: Any, extra: Any):
-        regs = extra if extra is not None else Registers()
+    def sample_row(self, plan: CurvaturePlan, evaluate: Evaluate, i: int, x_i: Any, eps: Any, regs: Registers):
         if i not in plan.band:
             return eps, regs
         r = self.read_of(plan.grid, i, x_i, eps)
@@ -177,13 +174,12 @@ class CurvatureReading(TrajectoryReading):
         # the second band row: a straight line through the two reads
         return eps, Registers(u0=recurrence.linear_combination([1.0, -0.5], [r, regs.pending]), u1=0.5 * r)
 
-    def invert_row(self, plan: CurvaturePlan, evaluate: Evaluate, i: int, x_i: Any, eps: Any, extra: Any):
-        regs = extra if extra is not None else Registers()
+    def invert_row(self, plan: CurvaturePlan, evaluate: Evaluate, i: int, x_i: Any, eps: Any, regs: Registers):
         if not plan.band:
             return eps, regs
         if i == plan.band[-1] - 1:  # the row below the band: keep its read
             if eps is None:
-                eps = evaluate(x_i, i) if plan.shift is None else plan.shift.evaluate(evaluate, x_i, i)
+                eps = row_eps(plan.shift, evaluate, x_i, i)
             return eps, Registers(pending=self.read_of(plan.grid, i, x_i, eps))
         if i not in plan.band:
             return eps, regs
@@ -195,8 +191,9 @@ class CurvatureReading(TrajectoryReading):
         return self.corrected(plan, i, eps, r, before), before
 
     # -- carry and latent -------------------------------------------------------------------------
-    def unpack(self, aux: Any) -> tuple[Any, Any]:
-        return (None, None) if aux is None else aux
+    def unpack(self, aux: Any) -> tuple[Any, Registers]:
+        w, regs = (None, None) if aux is None else aux
+        return w, regs if regs is not None else Registers()
 
     def pack(self, w: Any, extra: Any) -> Any:
         return (w, extra)
@@ -208,12 +205,8 @@ class CurvatureReading(TrajectoryReading):
     def latent_states(self, carry: Carry) -> tuple:
         xs = tuple(reversed(carry.xs))
         w, regs = self.unpack(carry.aux)
-        if regs is None or not regs.ready:
-            zero = _zeros_like(xs[0])
+        if not regs.ready:
+            zero = zeros_like(xs[0])
             return (*xs, w, zero, zero)
         return (*xs, w, regs.u0, regs.u1)
 
-
-def _zeros_like(x: Any) -> Any:
-    """Zeros of x's shape, dtype and device (NumPy or torch)."""
-    return x.new_zeros(x.shape) if is_torch(x) else np.zeros_like(x)
