@@ -32,9 +32,10 @@ One design serves both families: the machinery
 adds its config keys, `set_timesteps` signature, timestep type and noising formula.
 
 **method="recommended".** `belm_core.recommended(schedule, N)`: the exact sampler most accurate
-at 5–20 model calls in benchmarks/RESULTS.md §1–2 (VP: "dpl-ob-traj", on cosine "dpl-ob-curv", on diffusers' "trailing"
-grid, which replaces the config's `timestep_spacing` and starts at T − 1 as DPM-Solver++ and UniPC
-do, with the predictor–corrector start-up; flows: O-BELM with that start-up on the config's
+at 5–20 model calls in benchmarks/RESULTS.md §1–2 (VP: "dpl-ob-traj", on cosine "dpl-ob-curv", on the
+"trailing-tail" grid, diffusers' "trailing" with a shorter last step, which replaces the config's
+`timestep_spacing` and starts at T − 1 as DPM-Solver++ and UniPC do, with the predictor–corrector
+start-up; flows: O-BELM with that start-up on the config's
 grid). Still N model calls and exact inversion, but the model is read away from the grid: the
 start-up's corrector at its DDIM predictor, shifted rows at κ_i x_i and model time t*_i,
 trajectory rows at an extrapolated state (docs/math.md §12–§16), so `prev_sample` is that

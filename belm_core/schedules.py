@@ -27,13 +27,13 @@ import numpy as np
 
 __all__ = [
     "Spacing", "Prediction", "NoiseSchedule", "DiscreteVP", "ContinuousVP", "LinearVP", "CosineVP", "VE", "EDM",
-    "FlowMatch",
+    "FlowMatch", "TAIL_FRACTION",
 ]
 
 #: grid layouts: "leading", "trailing", "linspace" as in diffusers' DDIMScheduler and
 #: "karras" (diffusers' use_karras_sigmas) / "logsnr" (uniform log σ̄) rounded to training
 #: timesteps (discrete schedules); "linspace" (uniform t), "logsnr" and "karras" for continuous ones
-Spacing = Literal["leading", "trailing", "linspace", "logsnr", "karras"]
+Spacing = Literal["leading", "trailing", "trailing-tail", "linspace", "logsnr", "karras"]
 
 #: what the model function returns, which fixes the coordinates the recurrence runs in
 #: (docs/math.md §11): "epsilon" → y = x/α, τ = σ̄, f = ε; "velocity" (flows) → y = x, τ = σ, f = v
@@ -167,10 +167,14 @@ class DiscreteVP(NoiseSchedule):
     (Karras' ρ = 7 law in σ̄ from σ̄(T − 1) to σ̄(0): diffusers' `use_karras_sigmas`
     timesteps) and "logsnr" (uniform in log σ̄, i.e. in log-SNR), both rounded to training
     timesteps; a step count whose rounded grid repeats a timestep is refused.
+    "trailing-tail" is "trailing" with a shorter last step: its last model time moves from
+    t_{N−2} + 1 − T/N ≈ ½ (t_{N−2} + 1) − 1 to round(`TAIL_FRACTION` · (t_{N−2} + 1)) − 1 (49 → 39 at
+    N = 20, 199 → 159 at N = 5); every other model time is trailing's. The grid of
+    `belm_core.recommended` (docs/math.md §24).
     """
 
     discrete = True
-    spacings = ("leading", "trailing", "linspace", "karras", "logsnr")
+    spacings = ("leading", "trailing", "trailing-tail", "linspace", "karras", "logsnr")
     default_spacing = "linspace"
 
     def __init__(self, alphas_cumprod, *, steps_offset: int = 0):
@@ -267,10 +271,12 @@ class DiscreteVP(NoiseSchedule):
         elif spacing == "leading":
             t = (np.arange(0, steps) * (T // steps)).round()[::-1] + self.steps_offset
 
-        elif spacing == "trailing":  # T − 1, T − 1 − T/N, … (diffusers' np.arange(T, 0, −T/N) yields
-            # N + 1 points for 62 of the N ≤ 1000, ending at −1; we keep exactly N and agree elsewhere)
+        elif spacing in ("trailing", "trailing-tail"):  # T − 1, T − 1 − T/N, … (diffusers' np.arange(T, 0,
+            # −T/N) yields N + 1 points for 62 of the N ≤ 1000, ending at −1; we keep exactly N and agree elsewhere)
             delta = (T - T / steps) - T  # the increment np.arange uses, so round-half ties agree
             t = np.round(T + np.arange(steps) * delta) - 1
+            if spacing == "trailing-tail" and steps >= 2:
+                t[-1] = tail_time(t[-2])
         else:  # karras / logsnr: σ̄ from σ̄(T − 1) to σ̄(0), mapped to time by linear interpolation of
             # log σ̄ between training timesteps and rounded (diffusers' use_karras_sigmas /
             # use_exponential_sigmas grids, rounded to training timesteps)
@@ -350,6 +356,16 @@ class ContinuousVP(NoiseSchedule):
             return np.linspace(self.t_max, self.t_min, steps)
         sb_max, sb_min = float(self.sigma_bar(self.t_max)), float(self.sigma_bar(self.t_min))
         return self.t_from_sigma_bar(sigma_bar_grid(sb_max, sb_min, steps, spacing, self.rho))
+
+
+#: "trailing-tail": the last model time's fraction of the way from −1 to the one above it
+TAIL_FRACTION = 0.4
+
+
+def tail_time(t_above: float) -> float:
+    """The last model time of a "trailing-tail" grid below the model time `t_above`:
+    round(`TAIL_FRACTION` · (t_above + 1)) − 1, in [0, t_above) for every training timestep t_above ≥ 1."""
+    return float(np.round(TAIL_FRACTION * (t_above + 1.0)) - 1.0)
 
 
 def sigma_bar_grid(sb_max: float, sb_min: float, steps: int, spacing: str, rho: float = 7.0) -> np.ndarray:

@@ -10,11 +10,13 @@ from a rotation register that travels in the latent as well, §23),
 the predictor–corrector start-up (on scaled-linear its corrector reads x̃ at row N−1's
 shifted level and the read row N−1 reuses is moved to the corrected state, "pc-shift-moved",
 §18, §22; on linear it reads where row N−1 wants x̂0 and weighs
-the two reads exactly for a constant error in ε, "lookahead-log", §20) and the "trailing"
-grid, N model calls,
+the two reads exactly for a constant error in ε, "lookahead-log", §20) and the
+"trailing-tail" grid (diffusers' "trailing" with a shorter last step; the last row then reads
+at its shifted level whenever the row above it is a DPL row, §24), N model calls,
 first model time T − 1 — against diffusers' DPM-Solver++(2M), UniPC (bh2) and DEIS on
 their default grid (`benchmarks.peers`), against "dpl-ob-shift-last" (the previous
-recommendation, same grid and start-up, without the trajectory reading) and against plain
+recommendation before §16: diffusers' "trailing" grid, the plain predictor–corrector start-up,
+no trajectory reading) and against plain
 O-BELM on the paper's "linspace" grid (the apps' default before issue #10). Every sampler starts from the same
 x_T = α x_0 + σ n at t = T − 1 and is scored by
 

@@ -31,6 +31,31 @@ def test_trailing_grid_has_exactly_steps_points(steps):
     np.testing.assert_array_equal(ours, ref.timesteps.numpy()[:steps])
 
 
+def test_trailing_tail_is_trailing_with_a_shorter_last_step():
+    """"trailing-tail" keeps every trailing model time but the last, which moves to
+    round(0.4 (t_{N−2} + 1)) − 1: strictly decreasing and a training timestep at every N ≤ T."""
+    from belm_core.schedules import TAIL_FRACTION
+
+    assert TAIL_FRACTION == 0.4
+    for sch in (DiscreteVP.scaled_linear(), DiscreteVP.linear(), DiscreteVP.cosine()):
+        for steps in range(1, 1001):
+            trailing, tail = sch.timesteps(steps, "trailing"), sch.timesteps(steps, "trailing-tail")
+            assert tail.dtype == trailing.dtype and tail.size == steps
+            np.testing.assert_array_equal(tail[:-1], trailing[:-1])
+            if steps == 1:
+                assert tail.tolist() == [999]
+                continue
+            assert tail[-1] == round(0.4 * (int(tail[-2]) + 1)) - 1
+            assert 0 <= tail[-1] <= trailing[-1] and np.all(np.diff(tail) < 0)
+    sch = DiscreteVP.scaled_linear()
+    assert sch.timesteps(5, "trailing-tail").tolist() == [999, 799, 599, 399, 159]  # trailing: …, 199
+    assert sch.timesteps(20, "trailing-tail")[-3:].tolist() == [149, 99, 39]  # trailing: …, 49
+    assert sch.timesteps(1000, "trailing-tail")[-2:].tolist() == [1, 0]
+    # a Solver takes it by name, and its grid ends at the clean state like every VP grid
+    solver = Solver(sch, steps=20, spacing="trailing-tail")
+    assert solver.grid.sigma_bar[0] == 0.0 and solver.timesteps[-1] == 39
+
+
 @pytest.mark.parametrize(
     "ctor, name",
     [(DiscreteVP.linear, "linear"), (DiscreteVP.scaled_linear, "scaled_linear"), (DiscreteVP.cosine, "squaredcos_cap_v2")],

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from belm_core import DiscreteVP, FlowMatch, Latent, LinearVP, PFamily, Solver, make_grid, recommended
+from belm_core import DiscreteVP, FlowMatch, Latent, LinearVP, PFamily, Solver, make_grid
 from belm_core.methods import get_method
 from belm_core.methods.shift import shifted_sigma_bar, trajectory_level
 from helpers import AnalyticEps, Spy, held_out_mixture, random_schedule_grid, assert_exact_p_family_round_trip
@@ -76,7 +76,7 @@ def test_the_model_sees_the_same_bar_state_at_a_training_timestep():
 def test_the_last_row_reads_x0_where_x0_linear_in_sigma_bar_wants_it_above_s():
     sch = DiscreteVP.linear()
     for N in (5, 8, 10):
-        solver = Solver(sch, steps=N, **recommended(sch, N))
+        solver = Solver(sch, steps=N, method="dpl-ob-shift-last", spacing="trailing", startup="pc")
         g, p = solver.grid, solver.method.p(solver.grid)
         sb, h = g.sigma_bar, g.h
         m = trajectory_level(g, p, 1.0, last_linear=True)[0]
@@ -92,11 +92,35 @@ def test_the_last_row_reads_x0_where_x0_linear_in_sigma_bar_wants_it_above_s():
         assert solver._plan.shift.time[1] == round(float(sch.t_from_sigma_bar(star)))
         assert solver._plan.shift.time[1] < g.timesteps[-1]
     # at σ̄_1 ≤ s the last row is an O-BELM row and reads ε at t_1, as "dpl-ob-shift" does
-    fine = Solver(sch, steps=20, **recommended(sch, 20))
+    fine = Solver(sch, steps=20, method="dpl-ob-shift-last", spacing="trailing")
     assert fine.grid.sigma_bar[1] <= fine.method.s and fine._plan.shift.time[1] is None
     plain = Solver(sch, steps=20, method="dpl-ob-shift", spacing="trailing")
     assert fine._plan.shift.time == plain._plan.shift.time
     np.testing.assert_array_equal(fine._plan.shift.weight, plain._plan.shift.weight)
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "trailing-tail"])
+def test_after_dpl_shifts_the_last_row_whenever_the_row_above_is_a_dpl_row(spacing):
+    """shift_last="after-dpl" moves row 1 exactly when σ̄_2 > s (the row above it is a DPL row),
+    to the same σ̄-linear level as shift_last=True, which asks σ̄_1 > s instead; every other row
+    and every p are the same, and it stays exact."""
+    sch, data = DiscreteVP.linear(), held_out_mixture((3,), seed=4)
+    eps = AnalyticEps(data, sch)
+    x0 = data.sample(8, seed=2)
+    seen = set()
+    for N in (5, 12, 20, 21, 22, 30, 50):
+        after = Solver(sch, steps=N, method=PFamily("dpl-ob", shift=0.5, shift_last="after-dpl"), spacing=spacing)
+        above = Solver(sch, steps=N, method="dpl-ob-shift-last", spacing=spacing)
+        sb, s = after.grid.sigma_bar, after.method.s
+        np.testing.assert_array_equal(after.method.p(after.grid), above.method.p(above.grid))
+        assert after._plan.shift.time[2:] == above._plan.shift.time[2:]
+        assert (after._plan.shift.time[1] is not None) == (sb[2] > s)  # (rounding never lands on t_1 here)
+        assert (above._plan.shift.time[1] is not None) == (sb[1] > s)
+        if sb[1] > s:
+            assert after._plan.shift.time[1] == above._plan.shift.time[1]
+        seen.add((bool(sb[1] > s), bool(sb[2] > s)))
+        assert np.mean((after.sample(eps, after.invert(eps, x0)) - x0) ** 2) <= 1e-20
+    assert seen == {(True, True), (False, True), (False, False)}  # all three cases met
 
 
 def test_shift_last_is_its_own_method_and_refuses_bad_values():
@@ -106,8 +130,11 @@ def test_shift_last_is_its_own_method_and_refuses_bad_values():
     assert PFamily("dpl", shift=0.25, shift_last=True).signature() == "dpl(shift=0.25, shift_last=True)"
     with pytest.raises(ValueError, match="shift_last=True .* needs shift > 0"):
         PFamily("dpl-ob", shift_last=True)
-    with pytest.raises(TypeError, match="shift_last='yes' must be True or False"):
+    with pytest.raises(TypeError, match="shift_last='yes' must be True, False or 'after-dpl'"):
         PFamily("dpl-ob", shift=0.5, shift_last="yes")
+    with pytest.raises(ValueError, match="shift_last='after-dpl' shifts .* needs shift > 0"):
+        PFamily("dpl-ob", shift_last="after-dpl")
+    assert PFamily("dpl-ob", shift=0.5, shift_last="after-dpl").signature() == "dpl-ob(shift=0.5, shift_last='after-dpl')"
     # a latent of one does not reconstruct with the other: the last row reads ε elsewhere
     sch = DiscreteVP.scaled_linear()
     data = held_out_mixture((3,), seed=1)

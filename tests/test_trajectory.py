@@ -58,7 +58,7 @@ def test_the_model_sees_the_state_moved_along_the_register_velocity():
     data = held_out_mixture((4,), seed=3)
     spy = Spy(AnalyticEps(data, sch))
     solver = Solver(sch, steps=12, **recommended(sch, 12))
-    assert solver.method.signature() == "dpl-ob-traj"
+    assert solver.method.signature() == "dpl-ob-traj(shift_last='after-dpl')"
     x_T = np.random.default_rng(0).normal(size=(8, 4))
     states = {}
     solver.sample(spy, x_T, callback=lambda info: states.update({info["index"]: info["x"]}))
@@ -98,7 +98,7 @@ def test_the_latent_carries_the_register_and_sampling_reads_it(tmp_path):
     nudged = Latent(states=(*latent.states[:2], latent.states[2] + 0.1), index=latent.index, method=latent.method,
                     grid_key=latent.grid_key)
     assert np.mean((solver.sample(eps, nudged) - x0) ** 2) > 1e-8  # the register is part of the latent
-    with pytest.raises(ValueError, match=r"latent.states has 2 array\(s\); dpl-ob-traj needs 3.*register"):
+    with pytest.raises(ValueError, match=r"latent.states has 2 array\(s\); dpl-ob-traj\(.*\) needs 3.*register"):
         solver.sample(eps, Latent(states=latent.states[:2], index=latent.index, method=latent.method,
                                   grid_key=latent.grid_key))
 
@@ -152,7 +152,7 @@ def test_recommended_reads_half_way_on_cosine_and_three_quarters_below_the_bound
         if reach == WIDE_REACH:
             three_quarters = TrajectoryReading().reading_rows(solver.grid)
             assert any(plan.reading[i][2] > three_quarters[i][2] for i in plan.reading)
-    for base, top, want in (("linear", 0.99 * REACH_TOP, "dpl-ob-traj"), ("linear", 1.01 * REACH_TOP, "dpl-ob-curv(reach=0.5)")):
+    for base, top, want in (("linear", 0.99 * REACH_TOP, "dpl-ob-traj(shift_last='after-dpl')"), ("linear", 1.01 * REACH_TOP, "dpl-ob-curv(reach=0.5, shift_last='after-dpl')")):
         abar = getattr(DiscreteVP, base)().alphas_cumprod.copy()
         abar[-1] = 1 / (1 + top**2)
         sch = DiscreteVP(abar)
@@ -189,5 +189,5 @@ def test_recommended_scheduler_on_a_cosine_config_runs_the_half_way_reader():
     for t in sched.timesteps:
         x = sched.step(model(x, t), t, x).prev_sample
     solver = Solver(schedule, steps=steps, **recommended(schedule, steps))
-    assert solver.method.signature() == "dpl-ob-curv(reach=0.5)" and solver._plan.weights  # rows corrected
+    assert solver.method.signature() == "dpl-ob-curv(reach=0.5, shift_last='after-dpl')" and solver._plan.weights  # rows corrected
     assert torch.equal(x, solver.sample(model, x_T))

@@ -96,12 +96,12 @@ class CurvatureReading(TrajectoryReading):
     Args:
         gain: γ > 0, the fraction of the estimated correction applied (½).
         band: (low, high), 0 < low < high: the σ̄ range of the corrected rows ((2, 10)).
-        reach, max_ratio, s: as `TrajectoryReading`.
+        reach, max_ratio, s, shift_last: as `TrajectoryReading`.
     """
 
     def __init__(self, gain: float = DEFAULT_GAIN, band: tuple = DEFAULT_BAND, *, reach: float = DEFAULT_REACH,
-                 max_ratio: float = DEFAULT_MAX_RATIO, s: float = DEFAULT_S):
-        super().__init__(reach, max_ratio, s=s)
+                 max_ratio: float = DEFAULT_MAX_RATIO, s: float = DEFAULT_S, shift_last: bool | str = True):
+        super().__init__(reach, max_ratio, s=s, shift_last=shift_last)
         if not is_real(gain) or not gain > 0.0:
             raise ValueError(f"gain={gain!r} must be a real number > 0 (the fraction of the correction applied)")
         if (not isinstance(band, (tuple, list)) or len(band) != 2 or not all(is_real(v) for v in band)

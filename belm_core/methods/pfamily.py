@@ -34,7 +34,9 @@ Its last row keeps σ̄*_1 = σ̄_1 (O-BELM's p_1 is already exact on the shape 
 (about 0.93 σ̄_1 with f = ½ on a trailing grid): "dpl-ob-shift-last" (registered;
 `PFamily.shifted_last()`), the rows of "dpl-ob-traj" (`belm_core.methods.trajectory`) that
 do not read on the trajectory, and the recommended sampler before it. One row with an
-O(h_1²) local error, so still order 2.
+O(h_1²) local error, so still order 2. `shift_last="after-dpl"` moves it whenever the row
+above it is a DPL row (σ̄_2 > s), the crossing §13's rule is about, also where σ̄_1 ≤ s: the
+recommended sampler's rows (docs/math.md §24).
 
 DPL's rows are neutral in the stiff directions (q_i = 1, see `stiff_ratio`), as the
 leapfrog is: on grids whose step ratio jumps from step to step (alternating or jittered
@@ -71,13 +73,15 @@ from ..grid import Grid
 from .base import LinearMultistep, MultistepPlan, Stability, p_family_tables
 from .shift import evaluation_shift
 
-__all__ = ["PFamily", "PRule", "P_RULES"]
+__all__ = ["PFamily", "PRule", "P_RULES", "AFTER_DPL"]
 
 PRule = Literal["o-belm", "bdia", "dpl", "dpl-ob"]
 P_RULES: tuple[str, ...] = ("o-belm", "bdia", "dpl", "dpl-ob")
 _ORDER = {"o-belm": 2, "bdia": 1, "dpl": 1, "dpl-ob": 2}
 DEFAULT_S = 0.3
 DEFAULT_SHIFT = 0.5
+#: `shift_last`'s value that shifts the last row whenever the row above it is a DPL row (σ̄_2 > s)
+AFTER_DPL = "after-dpl"
 
 
 class PFamily(LinearMultistep):
@@ -91,13 +95,14 @@ class PFamily(LinearMultistep):
             `shift_last` moves the last row).
         shift: the fraction f ∈ [0, 1] of the evaluation shift (0: ε at (x_i, t_i)); ε-prediction only.
         shift_last: also shift the last row (row 1) when σ̄_1 > s, to where x̂0 linear in σ̄ wants
-            it (`belm_core.methods.shift`, docs/math.md §13); needs shift > 0.
+            it (`belm_core.methods.shift`, docs/math.md §13); needs shift > 0. "after-dpl": shift it
+            whenever the row above it is a DPL row, σ̄_2 > s (docs/math.md §24).
     """
 
     k = 2
 
     def __init__(self, rule: PRule | None = "dpl-ob", *, phi: Any = None, s: float = DEFAULT_S, shift: float = 0.0,
-                 shift_last: bool = False):
+                 shift_last: bool | str = False):
         if phi is not None:
             from ..derivation.shapes import shape_p
 
@@ -118,15 +123,15 @@ class PFamily(LinearMultistep):
         if not is_real(shift) or not 0.0 <= shift <= 1.0:
             raise ValueError(f"shift={shift!r} must be a real number in [0, 1] (0: ε at t_i; 1: the full shift of docs/math.md §13)")
         self.shift = float(shift)
-        if not isinstance(shift_last, (bool, np.bool_)):
-            raise TypeError(f"shift_last={shift_last!r} must be True or False")
+        if not isinstance(shift_last, (bool, np.bool_)) and shift_last != AFTER_DPL:
+            raise TypeError(f"shift_last={shift_last!r} must be True, False or {AFTER_DPL!r}")
         if shift_last and not self.shift:
-            raise ValueError("shift_last=True shifts the last row like the others: it needs shift > 0 (e.g. 0.5)")
-        self.shift_last = bool(shift_last)
-        if self.name == "dpl-ob" and self.shift == DEFAULT_SHIFT:
+            raise ValueError(f"shift_last={shift_last!r} shifts the last row like the others: it needs shift > 0 (e.g. 0.5)")
+        self.shift_last = AFTER_DPL if shift_last == AFTER_DPL else bool(shift_last)
+        if self.name == "dpl-ob" and self.shift == DEFAULT_SHIFT and self.shift_last != AFTER_DPL:
             self.name = "dpl-ob-shift-last" if self.shift_last else "dpl-ob-shift"
         elif self.shift:
-            extra = f"shift={self.shift!r}" + (", shift_last=True" if self.shift_last else "")
+            extra = f"shift={self.shift!r}" + (f", shift_last={self.shift_last!r}" if self.shift_last else "")
             self.name = f"{self.name}({extra})" if "(" not in self.name else f"{self.name[:-1]}, {extra})"
 
     @classmethod
@@ -191,8 +196,14 @@ class PFamily(LinearMultistep):
                 f"{self.signature()}: the evaluation shift reads x̂0 at another noise level in bar coordinates "
                 f"(ε-prediction); this grid runs prediction={grid.prediction!r}: use shift=0"
             )
-        last_linear = self.shift_last and grid.sigma_bar[1] > self.s
-        return replace(plan, shift=evaluation_shift(grid, self.p(grid), self.shift, last_linear))
+        return replace(plan, shift=evaluation_shift(grid, self.p(grid), self.shift, self.shifts_last(grid)))
+
+    def shifts_last(self, grid: Grid) -> bool:
+        """Whether the last row reads x̂0 at its σ̄-linear shifted level (`shift_last`): σ̄_1 > s, or
+        with "after-dpl" σ̄_2 > s (the row above it is a DPL row)."""
+        if not self.shift_last:
+            return False
+        return bool(grid.sigma_bar[2 if self.shift_last == AFTER_DPL else 1] > self.s)
 
     def stability(self):
         # equal steps far from the clean end: p → 1, ρ(ζ) = (ζ − 1)(ζ + 1), the leapfrog's roots

@@ -73,17 +73,21 @@ class TrajectoryReading(PFamily):
             trajectory rows read x̂0 (0.75).
         max_ratio: trajectory rows need σ̄_{i+1}/σ̄_{i−1} < max_ratio (> 1; 6).
         s: the σ̄ below which rows are O-BELM rows (as "dpl-ob").
+        shift_last: when the last row reads at its shifted level: True (σ̄_1 > s) or "after-dpl"
+            (σ̄_2 > s; the recommended rows, docs/math.md §24), as `PFamily`.
     """
 
-    def __init__(self, reach: float = DEFAULT_REACH, max_ratio: float = DEFAULT_MAX_RATIO, *, s: float = DEFAULT_S):
-        super().__init__("dpl-ob", s=s, shift=DEFAULT_SHIFT, shift_last=True)
+    def __init__(self, reach: float = DEFAULT_REACH, max_ratio: float = DEFAULT_MAX_RATIO, *, s: float = DEFAULT_S,
+                 shift_last: bool | str = True):
+        super().__init__("dpl-ob", s=s, shift=DEFAULT_SHIFT, shift_last=shift_last)
         if not is_real(reach) or not 0.0 < reach <= 1.0:
             raise ValueError(f"reach={reach!r} must be a real number in (0, 1] (the fraction of the way to the τ-midpoint)")
         if not is_real(max_ratio) or not max_ratio > 1.0:
             raise ValueError(f"max_ratio={max_ratio!r} must be a real number > 1 (the largest σ̄_(i+1)/σ̄_(i−1) read on the trajectory)")
         self.reach, self.max_ratio = float(reach), float(max_ratio)
         extra = [f"reach={self.reach!r}"] * (self.reach != DEFAULT_REACH) + [f"max_ratio={self.max_ratio!r}"] * (
-            self.max_ratio != DEFAULT_MAX_RATIO) + [f"s={self.s!r}"] * (self.s != DEFAULT_S)
+            self.max_ratio != DEFAULT_MAX_RATIO) + [f"s={self.s!r}"] * (self.s != DEFAULT_S) + [
+            f"shift_last={self.shift_last!r}"] * (self.shift_last is not True)
         self.name = "dpl-ob-traj" + (f"({', '.join(extra)})" if extra else "")
 
     @property
