@@ -45,6 +45,11 @@ def random_schedule_grid(seed: int, N: int, discrete: bool, discrete_schedule=No
     return sch, t, data, AnalyticEps(data, sch), data.sample(4, seed=seed)
 
 
+def rmse(a, b) -> float:
+    """Root-mean-square of a − b over every entry."""
+    return float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
+
+
 def assert_exact_p_family_round_trip(solver, latent, rec, x0, N: int) -> None:
     """rec == x0 to rounding, scaled by the p-family's round-off amplification Π max(|p|, 1/|p|)
     and the latent's size; grids whose amplification exceeds 1e6 are not judged."""
@@ -52,6 +57,25 @@ def assert_exact_p_family_round_trip(solver, latent, rec, x0, N: int) -> None:
     scale = float(np.prod(np.maximum(p, 1 / p))) * float(np.max(np.abs(latent.states[0])) + 1)
     if scale < 1e6:
         assert np.max(np.abs(rec - x0)) <= 1e-10 * scale * N
+
+
+def partial_round_trip(method, seed: int, N: int, discrete: bool, until_frac: float):
+    """Invert `random_schedule_grid`'s points (scaled-linear when discrete) with `method` up to the
+    index `until_frac` of the way through its `until_range`, then sample back from that latent:
+    (solver, latent, reconstruction, x0, until), for the p-family round-trip property tests."""
+    import warnings
+
+    from belm_core import DiscreteVP, Solver
+
+    sch, t, data, eps, x0 = random_schedule_grid(seed, N, discrete, DiscreteVP.scaled_linear())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        solver = Solver(sch, method=method, timesteps=t, allow_unstable=True, check_finite=False)
+        low, high = solver.until_range
+        until = int(round(low + until_frac * (high - low)))
+        latent = solver.invert(eps, x0, until=until)
+        rec = solver.sample(eps, latent)
+    return solver, latent, rec, x0, until
 
 
 def latent_distances(sch, solver_kwargs, steps=(20, 50), seed: int = 21) -> dict:

@@ -7,7 +7,6 @@ rebuilt independently from the sampled states; the registers actually carried in
 lower error than the uncorrected rows on held-out mixtures on cosine; convergence of the inverted latent.
 """
 
-import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 from belm_core import CurvatureReading, DiscreteVP, FlowMatch, Latent, Solver
 from belm_core.methods import get_method
 from belm_core.methods.curvature import UNCORRECTED_TOP, Registers
-from helpers import (AnalyticEps, Count, Spy, held_out_mixture, random_schedule_grid, assert_exact_p_family_round_trip,
+from helpers import (AnalyticEps, Count, Spy, held_out_mixture, partial_round_trip, assert_exact_p_family_round_trip,
                      latent_distances)
 
 
@@ -26,15 +25,8 @@ from helpers import (AnalyticEps, Count, Spy, held_out_mixture, random_schedule_
 @given(seed=st.integers(0, 10_000), N=st.integers(2, 40), gain=st.floats(0.05, 2.0), low=st.floats(0.3, 4.0),
        width=st.floats(1.5, 20.0), discrete=st.booleans(), until_frac=st.floats(0.0, 1.0))
 def test_round_trips_exactly_on_random_grids_and_partial_latents(seed, N, gain, low, width, discrete, until_frac):
-    sch, t, data, eps, x0 = random_schedule_grid(seed, N, discrete, DiscreteVP.scaled_linear())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        method = CurvatureReading(gain, (low, low * width))
-        solver = Solver(sch, method=method, timesteps=t, allow_unstable=True, check_finite=False)
-        low_i, high_i = solver.until_range
-        until = int(round(low_i + until_frac * (high_i - low_i)))
-        latent = solver.invert(eps, x0, until=until)
-        rec = solver.sample(eps, latent)
+    solver, latent, rec, x0, until = partial_round_trip(CurvatureReading(gain, (low, low * width)), seed, N, discrete,
+                                                        until_frac)
     assert len(latent.states) == 5 and latent.index == until
     assert_exact_p_family_round_trip(solver, latent, rec, x0, N)
 

@@ -15,15 +15,11 @@ from backends.analytic import AnalyticVelocity, GaussianMixture, empirical_order
 from belm_core import FlowMatch  # noqa: E402
 from benchmarks import flow, flow_peers  # noqa: E402
 from benchmarks.flow_peers import PEERS, FlowGrid  # noqa: E402
-from helpers import rows_of  # noqa: E402
+from helpers import rmse, rows_of  # noqa: E402
 
 ONE = GaussianMixture.gaussian([0.5, -1.0, 0.2], [0.1, 0.3, 0.05])
 
 
-
-
-def rmse(a, b) -> float:
-    return float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
 
 
 class V:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from belm_core import EDICT, OBELM, VE, DiscreteVP, LinearVP, PFamily, Solver, get_method, make_grid, recommended
 from belm_core.methods.pfamily import P_RULES
-from helpers import AnalyticEps, Count, empirical_order, held_out_mixture
+from helpers import AnalyticEps, Count, empirical_order, held_out_mixture, rmse
 
 DISCRETE = {"scaled_linear": DiscreteVP.scaled_linear(), "linear": DiscreteVP.linear(), "cosine": DiscreteVP.cosine()}
 
@@ -287,13 +287,9 @@ def test_recommended_tail_grid_and_last_row_beat_the_trailing_configuration(kind
             new = Solver(sch, steps=N, **recommended(sch, N))
             before = Solver(sch, steps=N, **{**recommended(sch, N), "method": "dpl-ob-traj", "spacing": "trailing"})
             assert new.timesteps[-1] < before.timesteps[-1] and new._plan.shift.time[1] is not None
-            ratios.append(_rmse(new.sample(eps, x_T), ref) / _rmse(before.sample(eps, x_T), ref))
+            ratios.append(rmse(new.sample(eps, x_T), ref) / rmse(before.sample(eps, x_T), ref))
         ratios = np.array(ratios)
         assert (ratios < 1).sum() >= 5 and np.exp(np.mean(np.log(ratios))) < 0.85, (N, ratios)
-
-
-def _rmse(x, ref) -> float:
-    return float(np.sqrt(np.mean((x - ref) ** 2)))
 
 
 def test_recommended_refuses_what_it_has_no_answer_for():

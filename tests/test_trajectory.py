@@ -6,7 +6,6 @@ the hand-derived reading level; the register actually carried in the Latent; con
 of the inverted latent to the exact ODE inversion.
 """
 
-import warnings
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 
 from belm_core import DiscreteVP, FlowMatch, Latent, LinearVP, Solver, TrajectoryReading, make_grid, recommended
 from belm_core.methods import get_method
-from helpers import (AnalyticEps, Count, Spy, held_out_mixture, random_schedule_grid, assert_exact_p_family_round_trip,
+from helpers import (AnalyticEps, Count, Spy, held_out_mixture, partial_round_trip, assert_exact_p_family_round_trip,
                      latent_distances)
 
 
@@ -23,14 +22,7 @@ from helpers import (AnalyticEps, Count, Spy, held_out_mixture, random_schedule_
 @given(seed=st.integers(0, 10_000), N=st.integers(2, 30), reach=st.floats(0.05, 1.0),
        max_ratio=st.floats(1.5, 50.0), discrete=st.booleans(), until_frac=st.floats(0.0, 1.0))
 def test_round_trips_exactly_on_random_grids_and_partial_latents(seed, N, reach, max_ratio, discrete, until_frac):
-    sch, t, data, eps, x0 = random_schedule_grid(seed, N, discrete, DiscreteVP.scaled_linear())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        solver = Solver(sch, method=TrajectoryReading(reach, max_ratio), timesteps=t, allow_unstable=True, check_finite=False)
-        low, high = solver.until_range
-        until = int(round(low + until_frac * (high - low)))
-        latent = solver.invert(eps, x0, until=until)
-        rec = solver.sample(eps, latent)
+    solver, latent, rec, x0, until = partial_round_trip(TrajectoryReading(reach, max_ratio), seed, N, discrete, until_frac)
     assert len(latent.states) == 3 and latent.index == until
     assert_exact_p_family_round_trip(solver, latent, rec, x0, N)
 
