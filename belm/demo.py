@@ -109,7 +109,7 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50], help="step counts (default 10 25 50)")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="methods to compare")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default="sd")
-    p.add_argument("--spacing", choices=["linspace", "leading", "trailing", "trailing-tail"], default="linspace")
+    p.add_argument("--spacing", choices=["linspace", "leading", "trailing", "trailing-tail", "long-start"], default="linspace")
     p.add_argument("--dim", type=int, default=4, help="data dimension")
     p.add_argument("--batch", type=int, default=64, help="number of points")
     p.add_argument("--seed", type=int, default=0)

@@ -118,11 +118,19 @@ from .methods.pfamily import AFTER_DPL
 from .methods.trajectory import TrajectoryReading
 from .schedules import DiscreteVP, FlowMatch, NoiseSchedule
 
-__all__ = ["recommended", "startup_for", "method_for", "SPACING", "TRUSTED_TOP", "BIAS_TOP", "REACH_TOP", "WIDE_REACH"]
+__all__ = ["recommended", "startup_for", "method_for", "spacing_for", "SPACING", "LONG_START_SPACING", "LONG_START_STEPS",
+           "TRUSTED_TOP", "BIAS_TOP", "REACH_TOP", "WIDE_REACH"]
 
 #: the VP grid: diffusers' "trailing" (it starts at T − 1 like DPM-Solver++ and UniPC) with a
 #: shorter last step (`belm_core.schedules.TAIL_FRACTION`, docs/math.md §24)
 SPACING = "trailing-tail"
+
+#: the VP grid where σ̄(T − 1) lies in (`TRUSTED_TOP`, `BIAS_TOP`] (DDPM's linear schedule) and
+#: `LONG_START_STEPS`[0] ≤ N ≤ `LONG_START_STEPS`[1]: "trailing-tail" with a first step 1.5 T/N long
+#: (`belm_core.schedules.LONG_START`), which the linear digits network and the separated mixtures
+#: both take there and the network refuses at N ≤ 4 (docs/math.md §25)
+LONG_START_SPACING = "long-start"
+LONG_START_STEPS = (5, 20)
 
 #: the largest σ̄(T − 1) at which the start-up's corrector reads x̃ at row N−1's shifted level
 #: ("pc-shift"): SD's scaled-linear schedule (14.6) but not DDPM's linear (157) nor cosine
@@ -163,7 +171,16 @@ def recommended(schedule: NoiseSchedule, steps: int) -> dict[str, Any]:
         )
     if isinstance(schedule, FlowMatch):
         return {"method": "o-belm", "startup": "pc"}
-    return {"method": method_for(schedule), "spacing": SPACING, "startup": startup_for(schedule)}
+    return {"method": method_for(schedule), "spacing": spacing_for(schedule, steps), "startup": startup_for(schedule)}
+
+
+def spacing_for(schedule: DiscreteVP, steps: int) -> str:
+    """The VP grid: `LONG_START_SPACING` where the start-up is "lookahead-log" (TRUSTED_TOP < σ̄(T − 1) ≤
+    BIAS_TOP) and `LONG_START_STEPS`[0] ≤ steps ≤ `LONG_START_STEPS`[1], else `SPACING`."""
+    low, high = LONG_START_STEPS
+    if TRUSTED_TOP < _top(schedule) <= BIAS_TOP and low <= steps <= high:
+        return LONG_START_SPACING
+    return SPACING
 
 
 def method_for(schedule: DiscreteVP) -> TrajectoryReading:

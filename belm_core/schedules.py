@@ -27,13 +27,13 @@ import numpy as np
 
 __all__ = [
     "Spacing", "Prediction", "NoiseSchedule", "DiscreteVP", "ContinuousVP", "LinearVP", "CosineVP", "VE", "EDM",
-    "FlowMatch", "TAIL_FRACTION",
+    "FlowMatch", "TAIL_FRACTION", "LONG_START",
 ]
 
 #: grid layouts: "leading", "trailing", "linspace" as in diffusers' DDIMScheduler and
 #: "karras" (diffusers' use_karras_sigmas) / "logsnr" (uniform log σ̄) rounded to training
 #: timesteps (discrete schedules); "linspace" (uniform t), "logsnr" and "karras" for continuous ones
-Spacing = Literal["leading", "trailing", "trailing-tail", "linspace", "logsnr", "karras"]
+Spacing = Literal["leading", "trailing", "trailing-tail", "long-start", "linspace", "logsnr", "karras"]
 
 #: what the model function returns, which fixes the coordinates the recurrence runs in
 #: (docs/math.md §11): "epsilon" → y = x/α, τ = σ̄, f = ε; "velocity" (flows) → y = x, τ = σ, f = v
@@ -170,11 +170,15 @@ class DiscreteVP(NoiseSchedule):
     "trailing-tail" is "trailing" with a shorter last step: its last model time moves from
     t_{N−2} + 1 − T/N ≈ ½ (t_{N−2} + 1) − 1 to round(`TAIL_FRACTION` · (t_{N−2} + 1)) − 1 (49 → 39 at
     N = 20, 199 → 159 at N = 5); every other model time is trailing's. The grid of
-    `belm_core.recommended` (docs/math.md §24).
+    `belm_core.recommended` (docs/math.md §24). "long-start" is "trailing-tail" with a longer first
+    step: t_{N−1} = T − 1 − round(`LONG_START` · T/N), the other N − 2 model times trailing over
+    [0, t_{N−1} + 1) with the same last step (999, 699, 524, 349, 139 at N = 5 on T = 1000): the grid
+    of `belm_core.recommended` on DDPM's linear schedule at 5–20 steps (docs/math.md §25). At N ≤ 2 it
+    is "trailing-tail"; it refuses N = T (no room below the longer first step).
     """
 
     discrete = True
-    spacings = ("leading", "trailing", "trailing-tail", "linspace", "karras", "logsnr")
+    spacings = ("leading", "trailing", "trailing-tail", "long-start", "linspace", "karras", "logsnr")
     default_spacing = "linspace"
 
     def __init__(self, alphas_cumprod, *, steps_offset: int = 0):
@@ -271,12 +275,14 @@ class DiscreteVP(NoiseSchedule):
         elif spacing == "leading":
             t = (np.arange(0, steps) * (T // steps)).round()[::-1] + self.steps_offset
 
-        elif spacing in ("trailing", "trailing-tail"):  # T − 1, T − 1 − T/N, … (diffusers' np.arange(T, 0,
+        elif spacing in ("trailing", "trailing-tail") or (spacing == "long-start" and steps < 3):  # T − 1, T − 1 − T/N, … (diffusers' np.arange(T, 0,
             # −T/N) yields N + 1 points for 62 of the N ≤ 1000, ending at −1; we keep exactly N and agree elsewhere)
             delta = (T - T / steps) - T  # the increment np.arange uses, so round-half ties agree
             t = np.round(T + np.arange(steps) * delta) - 1
-            if spacing == "trailing-tail" and steps >= 2:
+            if spacing != "trailing" and steps >= 2:
                 t[-1] = tail_time(t[-2])
+        elif spacing == "long-start":
+            t = long_start_grid(T, steps)
         else:  # karras / logsnr: σ̄ from σ̄(T − 1) to σ̄(0), mapped to time by linear interpolation of
             # log σ̄ between training timesteps and rounded (diffusers' use_karras_sigmas /
             # use_exponential_sigmas grids, rounded to training timesteps)
@@ -360,6 +366,24 @@ class ContinuousVP(NoiseSchedule):
 
 #: "trailing-tail": the last model time's fraction of the way from −1 to the one above it
 TAIL_FRACTION = 0.4
+
+
+#: "long-start": the first step's length in units of T/N
+LONG_START = 1.5
+
+
+def long_start_grid(T: int, steps: int) -> np.ndarray:
+    """"long-start" model times (`DiscreteVP`, steps ≥ 3): T − 1, then t_{N−1} = T − 1 − round(`LONG_START` ·
+    T/N), then N − 2 trailing model times over [0, t_{N−1} + 1) with "trailing-tail"'s last step."""
+    top = T - 1 - round(LONG_START * T / steps)
+    if top + 1 < steps - 1:
+        raise ValueError(f"steps={steps} is too many for spacing='long-start' on {T} training timesteps "
+                         f"(its first step to t = {top} leaves fewer than {steps - 1} timesteps below it); "
+                         "use 'trailing-tail'")
+    rest = np.round((top + 1) * np.arange(steps - 2, 0, -1) / (steps - 1)) - 1
+    t = np.concatenate([[T - 1.0, float(top)], rest])
+    t[-1] = tail_time(t[-2])
+    return t
 
 
 def tail_time(t_above: float) -> float:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from belm_core import EDICT, OBELM, VE, DiscreteVP, LinearVP, PFamily, Solver, get_method, make_grid, recommended
 from belm_core.methods.pfamily import P_RULES
+from backends.analytic import default_problem
 from helpers import AnalyticEps, Count, empirical_order, held_out_mixture, rmse
 
 DISCRETE = {"scaled_linear": DiscreteVP.scaled_linear(), "linear": DiscreteVP.linear(), "cosine": DiscreteVP.cosine()}
@@ -287,6 +288,40 @@ def test_recommended_tail_grid_and_last_row_beat_the_trailing_configuration(kind
             new = Solver(sch, steps=N, **recommended(sch, N))
             before = Solver(sch, steps=N, **{**recommended(sch, N), "method": "dpl-ob-traj", "spacing": "trailing"})
             assert new.timesteps[-1] < before.timesteps[-1] and new._plan.shift.time[1] is not None
+            ratios.append(rmse(new.sample(eps, x_T), ref) / rmse(before.sample(eps, x_T), ref))
+        ratios = np.array(ratios)
+        assert (ratios < 1).sum() >= 5 and np.exp(np.mean(np.log(ratios))) < 0.85, (N, ratios)
+
+
+def test_recommended_long_start_on_linear_at_5_to_20_steps_only():
+    """`spacing_for`: "long-start" on DDPM's linear schedule at 5–20 steps (docs/math.md §25), where the
+    start-up is "lookahead-log"; "trailing-tail" below and above, and on scaled-linear and cosine."""
+    from belm_core.recommend import spacing_for
+
+    for kind, sch in DISCRETE.items():
+        for N in range(2, 60):
+            want = "long-start" if kind == "linear" and 5 <= N <= 20 else "trailing-tail"
+            assert spacing_for(sch, N) == recommended(sch, N)["spacing"] == want, (kind, N)
+            if want == "long-start":
+                assert recommended(sch, N)["startup"] == "lookahead-log"
+
+
+@pytest.mark.parametrize("family", ["2-d separated", "4-d"])
+def test_recommended_long_start_beats_trailing_tail_on_linear(family):
+    """The longer first step against the same sampler on "trailing-tail", linear schedule, NFE 5 and 6:
+    closer to the ODE solution on held-out mixtures of both kinds (separated 2-d `default_problem`s and
+    the tests' own 4-d mixtures)."""
+    sch = DISCRETE["linear"]
+    for N in (5, 6):
+        ratios = []
+        for seed in range(6):
+            data = default_problem((2,), seed=7100 + seed) if family == "2-d separated" else held_out_mixture((4,), seed=100 + seed)
+            eps = AnalyticEps(data, sch)
+            x_T = np.random.default_rng(seed).normal(size=(256, data.sample(1, seed=0).shape[1]))
+            ref = data.reference_sample(sch, x_T, 999)
+            new = Solver(sch, steps=N, **recommended(sch, N))
+            before = Solver(sch, steps=N, **{**recommended(sch, N), "spacing": "trailing-tail"})
+            assert new.timesteps[1] < before.timesteps[1] and new.timesteps[0] == before.timesteps[0] == 999
             ratios.append(rmse(new.sample(eps, x_T), ref) / rmse(before.sample(eps, x_T), ref))
         ratios = np.array(ratios)
         assert (ratios < 1).sum() >= 5 and np.exp(np.mean(np.log(ratios))) < 0.85, (N, ratios)

@@ -56,6 +56,33 @@ def test_trailing_tail_is_trailing_with_a_shorter_last_step():
     assert solver.grid.sigma_bar[0] == 0.0 and solver.timesteps[-1] == 39
 
 
+def test_long_start_is_trailing_tail_with_a_longer_first_step():
+    """"long-start": T − 1, then t_{N−1} = T − 1 − round(1.5 T/N), then N − 2 trailing model times over
+    [0, t_{N−1} + 1) with the tail's last step; strictly decreasing training timesteps at every N < T,
+    "trailing-tail" at N ≤ 2, and N = T refused with the spacing named."""
+    from belm_core.schedules import LONG_START, tail_time
+
+    assert LONG_START == 1.5
+    for sch in (DiscreteVP.scaled_linear(), DiscreteVP.linear(), DiscreteVP.cosine()):
+        for steps in range(1, 1000):
+            t = sch.timesteps(steps, "long-start")
+            if steps <= 2:
+                np.testing.assert_array_equal(t, sch.timesteps(steps, "trailing-tail"))
+                continue
+            top = 999 - round(1.5 * 1000 / steps)
+            assert t.size == steps and t[0] == 999 and t[1] == top and np.all(np.diff(t) < 0) and t[-1] >= 0
+            assert t[-1] == tail_time(t[-2])
+            inner = np.round((top + 1) * np.arange(steps - 2, 0, -1) / (steps - 1)) - 1
+            np.testing.assert_array_equal(t[2:-1], inner[:-1])
+        with pytest.raises(ValueError, match="steps=1000 is too many for spacing='long-start'"):
+            sch.timesteps(1000, "long-start")
+    sch = DiscreteVP.linear()
+    assert sch.timesteps(5, "long-start").tolist() == [999, 699, 524, 349, 139]  # trailing-tail: 799, 599, 399, 159
+    assert sch.timesteps(10, "long-start").tolist() == [999, 849, 755, 660, 566, 471, 377, 282, 188, 75]
+    solver = Solver(sch, steps=5, spacing="long-start")
+    assert solver.grid.sigma_bar[0] == 0.0 and solver.timesteps[1] == 699
+
+
 @pytest.mark.parametrize(
     "ctor, name",
     [(DiscreteVP.linear, "linear"), (DiscreteVP.scaled_linear, "scaled_linear"), (DiscreteVP.cosine, "squaredcos_cap_v2")],
