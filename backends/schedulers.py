@@ -33,7 +33,8 @@ adds its config keys, `set_timesteps` signature, timestep type and noising formu
 
 **method="recommended".** `belm_core.recommended(schedule, N)`: the exact sampler most accurate
 at 5–20 model calls in benchmarks/RESULTS.md §1–2 (VP: "dpl-ob-traj", on cosine "dpl-ob-curv", on the
-"trailing-tail" grid, diffusers' "trailing" with a shorter last step, which replaces the config's
+"trailing-tail" grid, diffusers' "trailing" with a shorter last step ("long-start", with a longer first
+step too, on DDPM's linear schedule at 5–20 steps), which replaces the config's
 `timestep_spacing` and starts at T − 1 as DPM-Solver++ and UniPC do, with the predictor–corrector
 start-up; flows: O-BELM with that start-up on the config's
 grid). Still N model calls and exact inversion, but the model is read away from the grid: the

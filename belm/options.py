@@ -37,7 +37,8 @@ class SamplingOptions:
         steps: number of sampling steps N.
         method: a registered method name ("o-belm", "dpl-ob-traj", "dpl-ob-curv", "dpl-ob-shift-last", "dpl-ob-shift", "dpl-ob", "bdia", "edict",
             "ddim", "belm3") or a `Method`; None (default) is the application's choice: `belm_core.recommended` (dpl-ob-traj, dpl-ob-curv on cosine,
-            trailing-tail grid, predictor–corrector start) when sampling from noise on a DDPM/SD-type
+            trailing-tail grid, long-start on DDPM-linear at 5–20 steps, predictor–corrector start) when
+            sampling from noise on a DDPM/SD-type
             schedule, O-BELM with the predictor–corrector start on the pipeline's own grid when
             sampling from noise with a flow model (SD3, Flux), plain O-BELM on the pipeline's
             own grid otherwise (inversion, reconstruction, editing, interpolation): see

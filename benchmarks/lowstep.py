@@ -12,7 +12,8 @@ shifted level and the read row N−1 reuses is moved to the corrected state, "pc
 §18, §22; on linear it reads where row N−1 wants x̂0 and weighs
 the two reads exactly for a constant error in ε, "lookahead-log", §20) and the
 "trailing-tail" grid (diffusers' "trailing" with a shorter last step; the last row then reads
-at its shifted level whenever the row above it is a DPL row, §24), N model calls,
+at its shifted level whenever the row above it is a DPL row, §24; on linear at 5–20 steps the
+"long-start" grid, whose first step is also longer, §25), N model calls,
 first model time T − 1 — against diffusers' DPM-Solver++(2M), UniPC (bh2) and DEIS on
 their default grid (`benchmarks.peers`), against "dpl-ob-shift-last" (the previous
 recommendation before §16: diffusers' "trailing" grid, the plain predictor–corrector start-up,
