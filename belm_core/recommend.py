@@ -105,7 +105,8 @@ level at 5 (0.0946 against 0.0940), with a lower Fréchet distance at NFE 5 / 6 
 against 0.35 / 0.15), and at N = 30 the mixtures are 6–11 % and the network 8 % further from the ODE
 with it, hence the range.
 The random draws pass all nine cells on 4 fewer of 200 mixtures (a reshuffle: linear NFE 20 loses
-up to two cells per set); separated mixtures gain 22 of 137.
+up to two cells per set); separated mixtures gain 22 of 137. RESULTS.md's eleven mixtures lose two
+cells with it (linear NFE 5 on 64-d wide components, NFE 20 on one 24-d mixture: 95 of 99 against 97).
 
 For rectified flows (`FlowMatch`: SD3, Flux), at every N ≥ 2: O-BELM in the flow's own
 coordinates (x, σ) with the predictor–corrector start-up, which on a flow is the trapezoid
