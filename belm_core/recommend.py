@@ -192,6 +192,10 @@ def recommended(schedule: NoiseSchedule, steps: int) -> dict[str, Any]:
 def spacing_for(schedule: DiscreteVP, steps: int) -> str:
     """The VP grid: `LONG_START_SPACING` where the start-up is "lookahead-log" (TRUSTED_TOP < σ̄(T − 1) ≤
     BIAS_TOP) and `LONG_START_STEPS`[0] ≤ steps ≤ `LONG_START_STEPS`[1], else `SPACING`."""
+    if not isinstance(schedule, DiscreteVP):
+        raise TypeError(f"spacing_for needs a DiscreteVP schedule (a flow keeps its own grid), got {type(schedule).__name__}")
+    if not is_index(steps) or steps < 1:
+        raise ValueError(f"steps={steps!r} must be a positive integer (the number of sampling steps)")
     low, high = LONG_START_STEPS
     if TRUSTED_TOP < _top(schedule) <= BIAS_TOP and low <= steps <= high:
         return LONG_START_SPACING

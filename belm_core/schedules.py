@@ -275,8 +275,9 @@ class DiscreteVP(NoiseSchedule):
         elif spacing == "leading":
             t = (np.arange(0, steps) * (T // steps)).round()[::-1] + self.steps_offset
 
-        elif spacing in ("trailing", "trailing-tail") or (spacing == "long-start" and steps < 3):  # T − 1, T − 1 − T/N, … (diffusers' np.arange(T, 0,
-            # −T/N) yields N + 1 points for 62 of the N ≤ 1000, ending at −1; we keep exactly N and agree elsewhere)
+        elif spacing in ("trailing", "trailing-tail") or (spacing == "long-start" and steps < 3):
+            # T − 1, T − 1 − T/N, … (diffusers' np.arange(T, 0, −T/N) yields N + 1 points for 62 of the
+            # N ≤ 1000, ending at −1; we keep exactly N and agree elsewhere); "long-start" at N ≤ 2 is "trailing-tail"
             delta = (T - T / steps) - T  # the increment np.arange uses, so round-half ties agree
             t = np.round(T + np.arange(steps) * delta) - 1
             if spacing != "trailing" and steps >= 2:

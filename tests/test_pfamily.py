@@ -304,6 +304,10 @@ def test_recommended_long_start_on_linear_at_5_to_20_steps_only():
             assert spacing_for(sch, N) == recommended(sch, N)["spacing"] == want, (kind, N)
             if want == "long-start":
                 assert recommended(sch, N)["startup"] == "lookahead-log"
+    with pytest.raises(ValueError, match="steps=2.5"):
+        spacing_for(DISCRETE["linear"], 2.5)
+    with pytest.raises(TypeError, match="DiscreteVP"):
+        spacing_for(LinearVP(), 10)
 
 
 @pytest.mark.parametrize("family", ["2-d separated", "4-d"])
