@@ -448,6 +448,27 @@ def test_exact_reconstruction_through_the_pipeline_on_a_cosine_config(built):
     assert float(((rec.double() - z0.double()) ** 2).mean()) <= 1e-16
 
 
+def test_recommended_on_a_linear_config_runs_the_long_start_grid(built):
+    """On DDPM's "linear" betas at 5–20 steps "recommended" lays out the "long-start" grid (a first step
+    1.5 T/N long, docs/math.md §25): the scheduler's solver is `belm_core.recommended`'s, and the
+    pipeline reconstructs exactly through it."""
+    pipe, config = built("sd")
+    steps, g, z0 = STEPS, GUIDANCE["sd"], _z0(5)
+    inv = BELMInverseScheduler.from_config(config, method="recommended", beta_schedule="linear")
+    pipe.scheduler = inv
+    pipe(PROMPT, latents=z0, num_inference_steps=steps, guidance_scale=g, output_type="latent")
+    schedule = schedule_from_config({**config, "beta_schedule": "linear"})
+    solver = Solver(schedule, steps, **{**solver_options(config), **recommended(schedule, steps)})
+    assert recommended(schedule, steps)["spacing"] == "long-start"
+    assert inv.solver.grid.key == solver.grid.key and solver.timesteps[:2].tolist() == [999, 999 - round(1.5 * 1000 / steps)]
+    sched = BELMScheduler.from_config(config, method="recommended", beta_schedule="linear")
+    sched.set_latent(inv.latent)
+    pipe.scheduler = sched
+    rec = pipe(PROMPT, latents=inv.latent.states[0].to(pipe.unet.dtype), num_inference_steps=steps, guidance_scale=g,
+               output_type="latent").images
+    assert float(((rec.double() - z0.double()) ** 2).mean()) <= 1e-16
+
+
 def _unet_fn(pipe, config):
     """unet(z, t) → model output for the SD pipeline's prompt (no guidance), as a user's manual loop."""
     hidden = pipe.encode_prompt(PROMPT, "cpu", 1, False)[0]
