@@ -275,12 +275,11 @@ class DiscreteVP(NoiseSchedule):
         elif spacing == "leading":
             t = (np.arange(0, steps) * (T // steps)).round()[::-1] + self.steps_offset
 
-        elif spacing in ("trailing", "trailing-tail") or (spacing == "long-start" and steps < 3):
-            # T − 1, T − 1 − T/N, … (diffusers' np.arange(T, 0, −T/N) yields N + 1 points for 62 of the
-            # N ≤ 1000, ending at −1; we keep exactly N and agree elsewhere); "long-start" at N ≤ 2 is "trailing-tail"
+        elif spacing in ("trailing", "trailing-tail"):  # T − 1, T − 1 − T/N, … (diffusers' np.arange(T, 0,
+            # −T/N) yields N + 1 points for 62 of the N ≤ 1000, ending at −1; we keep exactly N and agree elsewhere)
             delta = (T - T / steps) - T  # the increment np.arange uses, so round-half ties agree
             t = np.round(T + np.arange(steps) * delta) - 1
-            if spacing != "trailing" and steps >= 2:
+            if spacing == "trailing-tail" and steps >= 2:
                 t[-1] = tail_time(t[-2])
         elif spacing == "long-start":
             t = long_start_grid(T, steps)
@@ -374,8 +373,11 @@ LONG_START = 1.5
 
 
 def long_start_grid(T: int, steps: int) -> np.ndarray:
-    """"long-start" model times (`DiscreteVP`, steps ≥ 3): T − 1, then t_{N−1} = T − 1 − round(`LONG_START` ·
-    T/N), then N − 2 trailing model times over [0, t_{N−1} + 1) with "trailing-tail"'s last step."""
+    """"long-start" model times (`DiscreteVP`): T − 1, then t_{N−1} = T − 1 − round(`LONG_START` · T/N),
+    then N − 2 trailing model times round((t_{N−1} + 1) j/(N − 1)) − 1 below it, with "trailing-tail"'s
+    last step (at N ≤ 2 that is "trailing-tail")."""
+    if steps == 1:
+        return np.array([T - 1.0])
     top = T - 1 - round(LONG_START * T / steps)
     if top + 1 < steps - 1:
         raise ValueError(f"steps={steps} is too many for spacing='long-start' on {T} training timesteps "
