@@ -20,7 +20,7 @@ from belm_core import AmplificationWarning, DiscreteVP, Solver, get_method, reco
 SCHEDULES = {"sd": DiscreteVP.scaled_linear, "ddpm": DiscreteVP.linear, "cosine": DiscreteVP.cosine}
 #: "recommended" is `belm_core.recommended(schedule, N)`: dpl-ob-traj on the trailing grid with the
 #: predictor–corrector start, "pc-shift-moved" on "sd" and "lookahead-log" on "ddpm"; on "cosine"
-#: dpl-ob-curv(reach=0.5) with the plain "pc" start (its own spacing,
+#: dpl-ob-curv(gain=0.75, reach=0.5) with the plain "pc" start (its own spacing,
 #: whatever --spacing says)
 DEFAULT_METHODS = ("ddim", "bdia", "edict", "o-belm", "recommended")
 

@@ -60,7 +60,7 @@ hence the bound. On cosine the trajectory rows read half of the way to their lev
 0.59 / 0.47) and 70 / 66 / 42 / 25 against 69 / 64 / 37 / 23 of the first 70 at NFE 8 / 15 /
 30 / 50, NFE 5–10 unchanged; reach ½ loses on scaled-linear and linear (NFE-5 cells 57
 against 61; linear NFE 10 62 against 70), hence `REACH_TOP`. No cosine network exists
-here to check it (docs/math.md §17). Above `REACH_TOP` the method is "dpl-ob-curv"
+here to check it (docs/math.md §17; §26 trains one). Above `REACH_TOP` the method is "dpl-ob-curv"
 (`belm_core.methods.curvature`, docs/math.md §23): the trajectory rows with 2 < σ̄_i < 10
 correct their τ-quadrature for x̂0's slope and curvature, estimated from a quarter-turn
 rotation register fed with the rows' reads, which travels in the latent (five arrays). On
@@ -108,6 +108,13 @@ The random draws pass all nine cells on 4 fewer of 200 mixtures (a reshuffle: li
 up to two cells per set); separated mixtures gain 22 of 137. RESULTS.md's eleven mixtures lose two
 cells with it (linear NFE 5 on 64-d wide components, NFE 20 on one 24-d mixture: 95 of 99 against 97).
 
+On cosine the curvature correction runs at gain γ = `WIDE_GAIN` = ¾ instead of the method's
+default ½ (docs/math.md §26): cosine NFE-20 cells on the pass rate's first and second 70, the
+fresh 60, §21's 42 and 30 fresh 2-d and 3-d `default_problem`s 68 / 66 / 56 / 37 / 24 / 30 against
+65 / 64 / 54 / 36 / 23 / 29 (12 gained, 2 lost); the same at NFE ≤ 15 within one cell; geometric-mean
+error ratio to γ = ½ 0.89–0.96 at NFE 25–50. A digits network trained on cosine (x̂0 clipped to
+[−1, 1], as diffusers' DDPMScheduler does) samples the same with either gain at NFE 4–50.
+
 For rectified flows (`FlowMatch`: SD3, Flux), at every N ≥ 2: O-BELM in the flow's own
 coordinates (x, σ) with the predictor–corrector start-up, which on a flow is the trapezoid
 rule in τ′ = α/σ on x̂0 = x − σ v (docs/math.md §14); the grid is the schedule's own
@@ -134,7 +141,7 @@ from .methods.trajectory import TrajectoryReading
 from .schedules import DiscreteVP, FlowMatch, NoiseSchedule
 
 __all__ = ["recommended", "startup_for", "method_for", "spacing_for", "SPACING", "LONG_START_SPACING", "LONG_START_STEPS",
-           "TRUSTED_TOP", "BIAS_TOP", "REACH_TOP", "WIDE_REACH"]
+           "TRUSTED_TOP", "BIAS_TOP", "REACH_TOP", "WIDE_REACH", "WIDE_GAIN"]
 
 #: the VP grid: diffusers' "trailing" (it starts at T − 1 like DPM-Solver++ and UniPC) with a
 #: shorter last step (`belm_core.schedules.TAIL_FRACTION`, docs/math.md §24)
@@ -164,6 +171,10 @@ BIAS_TOP = 1000.0
 REACH_TOP = 1000.0
 #: the trajectory rows' reach above `REACH_TOP`
 WIDE_REACH = 0.5
+#: the curvature correction's gain γ above `REACH_TOP` (`CurvatureReading`'s default is ½): ¾ wins
+#: cosine NFE-20 cells on six mixture sets (+10 net of 302 mixtures), is level at NFE ≤ 15 and
+#: closer at NFE 25–50, and leaves a cosine digits network unchanged at NFE 4–50 (docs/math.md §26)
+WIDE_GAIN = 0.75
 
 
 def recommended(schedule: NoiseSchedule, steps: int) -> dict[str, Any]:
@@ -205,12 +216,13 @@ def spacing_for(schedule: DiscreteVP, steps: int) -> str:
 def method_for(schedule: DiscreteVP) -> TrajectoryReading:
     """The VP method by the noisiest level σ̄(T − 1): "dpl-ob-traj" up to `REACH_TOP`; above it
     the same rows reading `WIDE_REACH` of the way to their level, whose band rows correct their
-    τ-quadrature for x̂0's slope and curvature (`CurvatureReading(reach=½)`, docs/math.md §23).
+    τ-quadrature for x̂0's slope and curvature with gain `WIDE_GAIN` (`CurvatureReading(gain=¾,
+    reach=½)`, docs/math.md §23, §26).
     Either way the last row reads at its shifted level whenever the row above it is a DPL row
     (shift_last="after-dpl", docs/math.md §24)."""
     if _top(schedule) <= REACH_TOP:
         return TrajectoryReading(shift_last=AFTER_DPL)
-    return CurvatureReading(reach=WIDE_REACH, shift_last=AFTER_DPL)
+    return CurvatureReading(gain=WIDE_GAIN, reach=WIDE_REACH, shift_last=AFTER_DPL)
 
 
 def startup_for(schedule: DiscreteVP) -> str:

@@ -15,7 +15,8 @@ also learns the unconditional ε and classifier-free guidance works.
 Noise schedule: DDPM linear β from 1e−4 to 0.02 over T = 1000 steps (diffusers'
 DDPMScheduler defaults), or with `--beta-schedule scaled_linear` Stable Diffusion's
 scaled-linear β (√β linear from √0.00085 to √0.012; σ̄ ≤ 14.6 instead of 157), cached in
-`benchmarks/.cache/digits_sl/`. Loss: MSE between ε and the prediction at uniform t.
+`benchmarks/.cache/digits_sl/`, or with `--beta-schedule squaredcos_cap_v2` the cosine ᾱ
+(σ̄(T − 1) ≈ 2·10⁴), cached in `benchmarks/.cache/digits_cos/`. Loss: MSE between ε and the prediction at uniform t.
 An exponential moving average of the weights (decay 0.995) is what gets saved.
 AdamW, lr 2e−3 with 5 % warm-up and cosine decay, batch 128, gradient clipping at 1.
 One torch thread: faster than two for this tiny model and immune to oversubscription
@@ -42,9 +43,14 @@ import numpy as np
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "digits"
 CACHE_SL = Path(__file__).resolve().parent / ".cache" / "digits_sl"
-#: diffusers `DDPMScheduler` arguments per β schedule: DDPM's linear default, Stable Diffusion's scaled-linear
+CACHE_COS = Path(__file__).resolve().parent / ".cache" / "digits_cos"
+#: diffusers `DDPMScheduler` arguments per β schedule: DDPM's linear default, Stable Diffusion's scaled-linear,
+#: the cosine ᾱ of Nichol & Dhariwal (β capped at 0.999)
 BETA_SCHEDULES = {"linear": {"beta_schedule": "linear"},
-                  "scaled_linear": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}}
+                  "scaled_linear": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+                  "squaredcos_cap_v2": {"beta_schedule": "squaredcos_cap_v2"}}
+#: the default checkpoint folder per β schedule
+CACHES = {"linear": CACHE, "scaled_linear": CACHE_SL, "squaredcos_cap_v2": CACHE_COS}
 NULL_LABEL = 10  # the "no class" label used for classifier-free guidance
 
 
@@ -68,7 +74,7 @@ class TrainConfig:
 
 def cache_for(beta_schedule: str) -> Path:
     """The default checkpoint folder of a digits DDPM trained on `beta_schedule`."""
-    return CACHE_SL if beta_schedule == "scaled_linear" else CACHE
+    return CACHES.get(beta_schedule, CACHE)
 
 
 @dataclass
@@ -247,7 +253,7 @@ def main(argv=None) -> int:
     p.add_argument("--beta-schedule", choices=sorted(BETA_SCHEDULES), default=d.beta_schedule,
                    help="β schedule of the training noise (default linear)")
     p.add_argument("--out", type=Path, default=None, help="checkpoint folder (default: benchmarks/.cache/digits, "
-                   "or digits_sl for scaled_linear)")
+                   "digits_sl for scaled_linear, digits_cos for squaredcos_cap_v2)")
     p.add_argument("--force", action="store_true", help="retrain even if a matching checkpoint is cached")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)

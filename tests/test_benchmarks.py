@@ -651,6 +651,8 @@ def test_train_digits_beta_schedules_and_cached_checkpoints(tmp_path):
     from benchmarks.train_digits_flow import FlowTrainConfig
 
     assert T.cache_for("linear") == T.CACHE and T.cache_for("scaled_linear") == T.CACHE_SL
+    assert T.cache_for("squaredcos_cap_v2") == T.CACHE_COS != T.CACHE
+    assert T.TrainConfig(beta_schedule="squaredcos_cap_v2").beta_schedule in T.BETA_SCHEDULES
     with pytest.raises(ValueError, match="beta_schedule='cosine' must be one of"):
         T.TrainConfig(beta_schedule="cosine")
     # a checkpoint written before the field existed was trained on linear: it still matches

@@ -429,7 +429,7 @@ def test_exact_reconstruction_through_the_pipeline(built, name, method, arrays):
 
 
 def test_exact_reconstruction_through_the_pipeline_on_a_cosine_config(built):
-    """On diffusers' "squaredcos_cap_v2" betas "recommended" is "dpl-ob-curv(reach=0.5, …)": at 20 steps
+    """On diffusers' "squaredcos_cap_v2" betas "recommended" is "dpl-ob-curv(gain=0.75, reach=0.5, …)": at 20 steps
     its band rows correct their quadrature, its latent carries five arrays (states, w, U0, U1), and
     the pipeline reconstructs exactly from it."""
     pipe, config = built("sd")
@@ -437,7 +437,7 @@ def test_exact_reconstruction_through_the_pipeline_on_a_cosine_config(built):
     inv = BELMInverseScheduler.from_config(config, method="recommended", beta_schedule="squaredcos_cap_v2")
     pipe.scheduler = inv
     pipe(PROMPT, latents=z0, num_inference_steps=steps, guidance_scale=g, output_type="latent")
-    assert inv.method.signature() == "dpl-ob-curv(reach=0.5, shift_last='after-dpl')" and inv.solver._plan.weights
+    assert inv.method.signature() == "dpl-ob-curv(gain=0.75, reach=0.5, shift_last='after-dpl')" and inv.solver._plan.weights
     latent = inv.latent
     assert len(latent.states) == 5 and float(latent.states[4].abs().max()) > 0
     sched = BELMScheduler.from_config(config, method="recommended", beta_schedule="squaredcos_cap_v2")

@@ -144,7 +144,7 @@ def test_recommended_reads_half_way_on_cosine_and_three_quarters_below_the_bound
         if reach == WIDE_REACH:
             three_quarters = TrajectoryReading().reading_rows(solver.grid)
             assert any(plan.reading[i][2] > three_quarters[i][2] for i in plan.reading)
-    for base, top, want in (("linear", 0.99 * REACH_TOP, "dpl-ob-traj(shift_last='after-dpl')"), ("linear", 1.01 * REACH_TOP, "dpl-ob-curv(reach=0.5, shift_last='after-dpl')")):
+    for base, top, want in (("linear", 0.99 * REACH_TOP, "dpl-ob-traj(shift_last='after-dpl')"), ("linear", 1.01 * REACH_TOP, "dpl-ob-curv(gain=0.75, reach=0.5, shift_last='after-dpl')")):
         abar = getattr(DiscreteVP, base)().alphas_cumprod.copy()
         abar[-1] = 1 / (1 + top**2)
         sch = DiscreteVP(abar)
@@ -181,5 +181,5 @@ def test_recommended_scheduler_on_a_cosine_config_runs_the_half_way_reader():
     for t in sched.timesteps:
         x = sched.step(model(x, t), t, x).prev_sample
     solver = Solver(schedule, steps=steps, **recommended(schedule, steps))
-    assert solver.method.signature() == "dpl-ob-curv(reach=0.5, shift_last='after-dpl')" and solver._plan.weights  # rows corrected
+    assert solver.method.signature() == "dpl-ob-curv(gain=0.75, reach=0.5, shift_last='after-dpl')" and solver._plan.weights  # rows corrected
     assert torch.equal(x, solver.sample(model, x_T))
