@@ -16,7 +16,9 @@ Noise schedule: DDPM linear β from 1e−4 to 0.02 over T = 1000 steps (diffuser
 DDPMScheduler defaults), or with `--beta-schedule scaled_linear` Stable Diffusion's
 scaled-linear β (√β linear from √0.00085 to √0.012; σ̄ ≤ 14.6 instead of 157), cached in
 `benchmarks/.cache/digits_sl/`, or with `--beta-schedule squaredcos_cap_v2` the cosine ᾱ
-(σ̄(T − 1) ≈ 2·10⁴), cached in `benchmarks/.cache/digits_cos/`. Loss: MSE between ε and the prediction at uniform t.
+(σ̄(T − 1) ≈ 2·10⁴), cached in `benchmarks/.cache/digits_cos/`; sampling that one from T − 1
+needs x̂0 clipped to [−1, 1] inside the model function, as DDPMScheduler's `clip_sample` does,
+or x̂0 = x̄ − σ̄ε multiplies the network's ε error by 2·10⁴ (docs/math.md §26). Loss: MSE between ε and the prediction at uniform t.
 An exponential moving average of the weights (decay 0.995) is what gets saved.
 AdamW, lr 2e−3 with 5 % warm-up and cosine decay, batch 128, gradient clipping at 1.
 One torch thread: faster than two for this tiny model and immune to oversubscription
