@@ -91,6 +91,19 @@ def latent_distances(sch, solver_kwargs, steps=(20, 50), seed: int = 21) -> dict
             for N in steps}
 
 
+def error_ratios(sch, cases, new: dict, old: dict) -> list:
+    """RMSE(Solver(sch, **new)) / RMSE(Solver(sch, **old)) against the ODE solution from x_T at model
+    time T − 1, for each (mixture, x_T) in `cases`."""
+    from belm_core import Solver
+
+    ratios = []
+    for data, x_T in cases:
+        eps = AnalyticEps(data, sch)
+        ref = data.reference_sample(sch, x_T, sch.num_train_timesteps - 1)
+        ratios.append(rmse(Solver(sch, **new).sample(eps, x_T), ref) / rmse(Solver(sch, **old).sample(eps, x_T), ref))
+    return ratios
+
+
 def rows_of(markdown: str) -> dict[str, list[str]]:
     """{first cell: other cells} of every body row of the markdown tables in `markdown`."""
     out = {}
@@ -129,7 +142,7 @@ class Spy:
         return self.f(x, t)
 
 
-__all__ = ["AnalyticEps", "Count", "Spy", "held_out_mixture", "random_schedule_grid", "assert_exact_p_family_round_trip", "irregular_timesteps", "mse", "empirical_order", "rows_of", "latent_distances"]
+__all__ = ["AnalyticEps", "Count", "Spy", "held_out_mixture", "random_schedule_grid", "assert_exact_p_family_round_trip", "irregular_timesteps", "mse", "empirical_order", "rows_of", "latent_distances", "error_ratios"]
 
 
 def separated_error_ratios(sch, N: int, make_solver, new: str, old: str, seeds, first_problem_seed: int) -> list:

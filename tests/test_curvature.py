@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from belm_core import CurvatureReading, DiscreteVP, FlowMatch, Latent, Solver
 from belm_core.methods import get_method
 from belm_core.methods.curvature import UNCORRECTED_TOP, Registers
-from helpers import (AnalyticEps, Count, Spy, held_out_mixture, partial_round_trip, assert_exact_p_family_round_trip,
+from helpers import (AnalyticEps, Count, Spy, error_ratios, held_out_mixture, partial_round_trip, assert_exact_p_family_round_trip,
                      latent_distances)
 
 
@@ -179,18 +179,11 @@ def test_the_latent_carries_the_registers_and_sampling_reads_them(tmp_path):
 
 
 def _cosine_error_ratios(kwargs_a: dict, kwargs_b: dict) -> list:
-    """RMSE(Solver(cosine, **kwargs_a)) / RMSE(Solver(cosine, **kwargs_b)) against the ODE solution from
-    x_T at T − 1, on eight held-out 6-d mixtures with 256 points each."""
+    """`error_ratios` of two cosine configurations on eight held-out 6-d mixtures, 256 points each."""
     sch = DiscreteVP.cosine()
-    ratios = []
-    for seed in range(8):
-        data = held_out_mixture((6,), seed=100 + seed)
-        eps = AnalyticEps(data, sch)
-        x_T = np.random.default_rng(seed).normal(size=(256, 6)) * float(sch.sigma(999))
-        ref = data.flow(x_T / float(sch.alpha(999)), float(sch.sigma_bar(999)), 0.0)
-        err = [float(np.sqrt(np.mean((Solver(sch, **kw).sample(eps, x_T) - ref) ** 2))) for kw in (kwargs_a, kwargs_b)]
-        ratios.append(err[0] / err[1])
-    return ratios
+    cases = [(held_out_mixture((6,), seed=100 + seed), np.random.default_rng(seed).normal(size=(256, 6)) * float(sch.sigma(999)))
+             for seed in range(8)]
+    return error_ratios(sch, cases, kwargs_a, kwargs_b)
 
 
 @pytest.mark.parametrize("N", [20, 30])

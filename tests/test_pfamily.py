@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from belm_core import EDICT, OBELM, VE, DiscreteVP, LinearVP, PFamily, Solver, get_method, make_grid, recommended
 from belm_core.methods.pfamily import P_RULES
 from backends.analytic import default_problem
-from helpers import AnalyticEps, Count, empirical_order, held_out_mixture, rmse
+from helpers import AnalyticEps, Count, empirical_order, error_ratios, held_out_mixture
 
 DISCRETE = {"scaled_linear": DiscreteVP.scaled_linear(), "linear": DiscreteVP.linear(), "cosine": DiscreteVP.cosine()}
 
@@ -278,18 +278,13 @@ def test_recommended_tail_grid_and_last_row_beat_the_trailing_configuration(kind
     (docs/math.md §24) against the same rows on diffusers' "trailing" grid with the σ̄_1 > s rule
     (the recommendation before it): closer to the ODE solution at NFE 5 and 10 on held-out mixtures."""
     sch = DISCRETE[kind]
+    cases = [(held_out_mixture((4,), seed=100 + seed), np.random.default_rng(seed).normal(size=(256, 4))) for seed in range(6)]
     for N in (5, 10):
-        ratios = []
-        for seed in range(6):
-            data = held_out_mixture((4,), seed=100 + seed)
-            eps = AnalyticEps(data, sch)
-            x_T = np.random.default_rng(seed).normal(size=(256, 4))
-            ref = data.reference_sample(sch, x_T, 999)
-            new = Solver(sch, steps=N, **recommended(sch, N))
-            before = Solver(sch, steps=N, **{**recommended(sch, N), "method": "dpl-ob-traj", "spacing": "trailing"})
-            assert new.timesteps[-1] < before.timesteps[-1] and new._plan.shift.time[1] is not None
-            ratios.append(rmse(new.sample(eps, x_T), ref) / rmse(before.sample(eps, x_T), ref))
-        ratios = np.array(ratios)
+        new = dict(recommended(sch, N), steps=N)
+        before = dict(new, method="dpl-ob-traj", spacing="trailing")
+        solver = Solver(sch, **new)
+        assert solver.timesteps[-1] < Solver(sch, **before).timesteps[-1] and solver._plan.shift.time[1] is not None
+        ratios = np.array(error_ratios(sch, cases, new, before))
         assert (ratios < 1).sum() >= 5 and np.exp(np.mean(np.log(ratios))) < 0.85, (N, ratios)
 
 
@@ -316,18 +311,16 @@ def test_recommended_long_start_beats_trailing_tail_on_linear(family):
     closer to the ODE solution on held-out mixtures of both kinds (separated 2-d `default_problem`s and
     the tests' own 4-d mixtures)."""
     sch = DISCRETE["linear"]
+    problems = [default_problem((2,), seed=7100 + seed) if family == "2-d separated" else held_out_mixture((4,), seed=100 + seed)
+                for seed in range(6)]
+    cases = [(data, np.random.default_rng(seed).normal(size=(256, data.sample(1, seed=0).shape[1])))
+             for seed, data in enumerate(problems)]
     for N in (5, 6):
-        ratios = []
-        for seed in range(6):
-            data = default_problem((2,), seed=7100 + seed) if family == "2-d separated" else held_out_mixture((4,), seed=100 + seed)
-            eps = AnalyticEps(data, sch)
-            x_T = np.random.default_rng(seed).normal(size=(256, data.sample(1, seed=0).shape[1]))
-            ref = data.reference_sample(sch, x_T, 999)
-            new = Solver(sch, steps=N, **recommended(sch, N))
-            before = Solver(sch, steps=N, **{**recommended(sch, N), "spacing": "trailing-tail"})
-            assert new.timesteps[1] < before.timesteps[1] and new.timesteps[0] == before.timesteps[0] == 999
-            ratios.append(rmse(new.sample(eps, x_T), ref) / rmse(before.sample(eps, x_T), ref))
-        ratios = np.array(ratios)
+        new = dict(recommended(sch, N), steps=N)
+        before = dict(new, spacing="trailing-tail")
+        t_new, t_before = Solver(sch, **new).timesteps, Solver(sch, **before).timesteps
+        assert t_new[1] < t_before[1] and t_new[0] == t_before[0] == 999
+        ratios = np.array(error_ratios(sch, cases, new, before))
         assert (ratios < 1).sum() >= 5 and np.exp(np.mean(np.log(ratios))) < 0.85, (N, ratios)
 
 
