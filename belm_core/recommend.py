@@ -115,6 +115,14 @@ fresh 60, §21's 42 and 30 fresh 2-d and 3-d `default_problem`s 68 / 66 / 56 / 3
 error ratio to γ = ½ 0.89–0.96 at NFE 25–50. A digits network trained on cosine (x̂0 clipped to
 [−1, 1], as diffusers' DDPMScheduler does) samples the same with either gain at NFE 4–50.
 
+Large N on a trained network (docs/math.md §27): the rows below σ̄ = s keep O-BELM's p, whose
+parasitic root on the √-graded clean end of a uniform-in-t grid exceeds the stiff bound (q_i ≈ 1 + 2/i)
+and multiplies what the DPL rows above pass down by Π q_i ≈ 30–40 at N = 100: on the linear digits
+network the ODE RMSE is 0.012 at N = 50 and 0.023 at 100 (UniPC 0.013 / 0.0066, DDIM 0.020 / 0.011),
+erratic from one N to the next. DPL's p there is smooth and closer than both peers at N = 50–300,
+but in inversion the same product is what damps the first step's error, and the inverted latents
+stop converging (0.2–0.5 from the exact inversion at N ≥ 100 on mixtures), so O-BELM's rows stay.
+
 For rectified flows (`FlowMatch`: SD3, Flux), at every N ≥ 2: O-BELM in the flow's own
 coordinates (x, σ) with the predictor–corrector start-up, which on a flow is the trapezoid
 rule in τ′ = α/σ on x̂0 = x − σ v (docs/math.md §14); the grid is the schedule's own

@@ -33,8 +33,10 @@ state x_N against the exact ODE inversion of x_0 to t = T − 1 (a latent that m
 something for editing shrinks that distance as N grows); the round trip at 50 steps is
 exact either way. Digits: the trained class-conditional DDPM of the digits section,
 Fréchet distance (classifier features) of 1000 samples from the same x_T and the RMSE of
-the first 250 of them against a 400-step O-BELM solution of the ODE from the same x_T
-(`digits_scores`): FD judges the samples, RMSE the solver, at NFE 3/4/5/6/10/20,
+the first 250 of them against the ODE solution from the same x_T (`digits_scores`; the
+reference is DDIM on 1000 and 500 steps, Richardson-extrapolated by `ode_reference`; before
+docs/math.md §27 it was a 400-step O-BELM solution, whose rows near t = 0 amplify the network's
+irregularities): FD judges the samples, RMSE the solver, at NFE 3/4/5/6/10/20/50/100,
 with the recommended sampler's plain "pc" start next to the "lookahead-log" start it uses on
 this (linear) schedule. The same network trained on the scaled-linear schedule
 (`train_digits --beta-schedule scaled_linear`) checks the "pc-shift-moved" start `recommended`
@@ -159,11 +161,15 @@ PLAIN_START = "recommended, startup='pc'"
 DIGITS_SL_NFES = (4, 5, 6, 10, 20)
 DIGITS_SL_OURS = ("recommended", PLAIN_START)
 #: the linear digits network's NFEs and samplers: "lookahead-log"'s network check next to the acceptance's NFE 5
-DIGITS_NFES = (3, 4, 5, 6, 10, 20)
+DIGITS_NFES = (3, 4, 5, 6, 10, 20, 50, 100)
 DIGITS_OURS = OURS + (PLAIN_START,)
-#: the digits network's ODE reference: O-BELM steps, and the samples it is computed for
-REF_STEPS = 400
+#: the digits network's ODE reference (`ode_reference`): DDIM on this many linspace steps and on half
+#: as many, Richardson-extrapolated; and the samples it is computed for
+REF_STEPS = 1000
 REF_N = 250
+#: the O-BELM linspace steps of the reference the digits tables used before (docs/math.md §27), whose
+#: distance to `ode_reference` the tables report
+OLD_REF_STEPS = 400
 #: the methods whose per-point errors the robustness table compares
 SWEEP = ("recommended", "dpl-ob-shift-last (trailing)", "diffusers-DPM++2M", "diffusers-UniPC")
 #: the random draw of held-out mixtures: how many, points each, NFEs (30 shows where UniPC's
@@ -498,15 +504,30 @@ def digits_fd(nfes, n: int, progress: bool, beta_schedule: str = "linear", ours=
                          ours=ours)
 
 
+def ode_reference(schedule, eps, x_T, steps: int = REF_STEPS) -> tuple:
+    """(x_ref, spread): the ODE solution from x_T at model time T − 1 to σ̄ = 0 by Richardson extrapolation
+    of DDIM, x_ref = 2 x_DDIM(steps) − x_DDIM(steps // 2) on "linspace" grids, and the RMSE of
+    x_DDIM(steps) from it (an estimate of DDIM's own error at `steps`).
+
+    DDIM is a one-step method: it has no parasitic root for the network's irregularities to drive,
+    which 2-step relations on fine grids do (O-BELM's rows near the clean end amplify it, docs/math.md
+    §27); its error is c/N + O(1/N²), which the extrapolation removes to first order."""
+    from belm_core import Solver
+
+    fine = Solver(schedule, steps=steps, method="ddim", spacing="linspace").sample(eps, x_T)
+    coarse = Solver(schedule, steps=steps // 2, method="ddim", spacing="linspace").sample(eps, x_T)
+    ref = 2.0 * fine - coarse
+    return ref, rmse(np.asarray(fine), np.asarray(ref))
+
+
 def digits_scores(unet, schedule, judge, nfes, x_T, ref_n: int = REF_N, ref_steps: int = REF_STEPS,
-                  progress: bool = False, ours=OURS) -> dict:
+                  progress: bool = False, ours=OURS, old_ref_steps: int = OLD_REF_STEPS) -> dict:
     """FD of every sample set, and the RMSE of its first `ref_n` samples against the ODE solution.
 
     Returns {"fd": {method: {nfe: FD}}, "rmse": {method: {nfe: RMSE}}, "floor", "n", "ref_n",
-    "ref_steps", "ref_spread", "ref_spread_t"}. The reference is O-BELM with `ref_steps`
-    linspace steps (its grid ends at t = 0); "ref_spread" is its RMSE distance to the
-    same-length trailing solution, whose last model time is "ref_spread_t": how well the end
-    point of the ODE is defined by a network known only at integer times.
+    "ref_steps", "ref_spread", "old_ref_steps", "old_ref"}. The reference is `ode_reference` with
+    `ref_steps`; "ref_spread" is DDIM's distance to it at `ref_steps`, "old_ref" the distance of
+    O-BELM on `old_ref_steps` linspace steps (the reference before docs/math.md §27).
     """
     from belm_core import Solver
 
@@ -516,9 +537,8 @@ def digits_scores(unet, schedule, judge, nfes, x_T, ref_n: int = REF_N, ref_step
     labels = np.arange(n) % 10
     eps = digits_eps(unet, schedule, labels)
     head = digits_eps(unet, schedule, labels[:ref_n])
-    ref = Solver(schedule, steps=ref_steps, method="o-belm", spacing="linspace").sample(head, x_T[:ref_n])
-    trailing = Solver(schedule, steps=ref_steps, method="o-belm", spacing="trailing")
-    alt = trailing.sample(head, x_T[:ref_n])
+    ref, spread = ode_reference(schedule, head, x_T[:ref_n], ref_steps)
+    old = Solver(schedule, steps=old_ref_steps, method="o-belm", spacing="linspace").sample(head, x_T[:ref_n])
     fd: dict = {m: {} for m in tuple(ours) + PEERS[:2]}
     err: dict = {m: {} for m in fd}
     for nfe in nfes:
@@ -532,7 +552,7 @@ def digits_scores(unet, schedule, judge, nfes, x_T, ref_n: int = REF_N, ref_step
             fd[m][nfe] = judge.score(x.float().numpy(), labels)["fd"]
             err[m][nfe] = rmse(x[:ref_n].numpy(), ref.numpy())
     return {"fd": fd, "rmse": err, "floor": judge.floor_fd, "n": n, "ref_n": ref_n, "ref_steps": ref_steps,
-            "ref_spread": rmse(ref.numpy(), alt.numpy()), "ref_spread_t": float(trailing.timesteps[-1])}
+            "ref_spread": spread, "old_ref_steps": old_ref_steps, "old_ref": rmse(old.numpy(), ref.numpy())}
 
 
 # ------------------------------------------------------------------------ compute
@@ -798,11 +818,12 @@ def digits_tables(d: dict, title: str) -> list:
            _by_nfe_table(d["fd"], nfes)]
     if "rmse" in d:
         out += ["", (f"### {title}: RMSE against the ODE solution ↓ (first {d['ref_n']} of the samples; "
-                     f"reference: O-BELM, {d['ref_steps']} linspace steps)"), "",
-                (f"The end of the ODE is defined only up to how the network is read near t = 0: the "
-                 f"{d['ref_steps']}-step trailing solution (last model time {d['ref_spread_t']:g}) is "
-                 f"{d['ref_spread']:.2g} from the reference. RMSE against the ODE solution is the metric "
-                 "of the mixture tables above."), "",
+                     f"reference: DDIM on {d['ref_steps']} and {d['ref_steps'] // 2} linspace steps, "
+                     "Richardson-extrapolated)"), "",
+                (f"DDIM on {d['ref_steps']} steps is {d['ref_spread']:.2g} from the reference; O-BELM on "
+                 f"{d['old_ref_steps']} linspace steps, the reference before docs/math.md §27, is "
+                 f"{d['old_ref']:.2g} from it (its rows near t = 0 amplify the network's irregularities). "
+                 "RMSE against the ODE solution is the metric of the mixture tables above."), "",
                 _by_nfe_table(d["rmse"], nfes)]
     return out
 

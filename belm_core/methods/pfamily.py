@@ -23,7 +23,11 @@ Members (`rule=`):
             s = 0.3 by default (σ̄ in data units). DPL's accuracy at low NFE, O-BELM's
             order 2 near the clean end, and inverted latents that converge to the exact
             ODE inversion. Order 2 on smoothly graded grids (every spacing the schedules
-            offer). Registered as "dpl-ob".
+            offer). Registered as "dpl-ob". On the clean end of a uniform-in-t grid
+            (σ̄_i ∝ √i) O-BELM's rows have q_i ≈ 1 + 2/i > 1 (`stiff_ratio`): sampling
+            multiplies the parasitic component arriving from the DPL rows by Π q_i, and
+            inversion divides the one its first step makes by it, which is what makes the
+            latents converge (docs/math.md §27).
 
 `shift=f` (0 ≤ f ≤ 1) reads ε̂_i = (σ̄*_i/σ̄_i) ε(α(t*_i) x̄_i, t*_i) at a shifted noise level
 σ̄*_i instead of ε(x_i, t_i) (docs/math.md §13, `belm_core.methods.shift`): still a function
