@@ -513,7 +513,11 @@ def ode_reference(schedule, eps, x_T, steps: int = REF_STEPS) -> tuple:
     which 2-step relations on fine grids do (O-BELM's rows near the clean end amplify it, docs/math.md
     §27); its error is c/N + O(1/N²), which the extrapolation removes to first order."""
     from belm_core import Solver
+    from belm_core.checks import is_index
 
+    if not is_index(steps) or steps < 4 or steps % 2:
+        raise ValueError(f"steps={steps!r} must be an even integer ≥ 4: the extrapolation pairs `steps` with "
+                         "steps // 2, whose DDIM error must be exactly twice as large to first order")
     fine = Solver(schedule, steps=steps, method="ddim", spacing="linspace").sample(eps, x_T)
     coarse = Solver(schedule, steps=steps // 2, method="ddim", spacing="linspace").sample(eps, x_T)
     ref = 2.0 * fine - coarse

@@ -651,6 +651,9 @@ def test_ode_reference_is_closer_to_the_ode_solution_than_ddim_and_estimates_ddi
             assert err_ref < err_ddim / 4, (name, seed, err_ref, err_ddim)
             assert np.median(per_point(ddim, ref)) == pytest.approx(err_ddim, rel=0.25), (name, seed)
             assert spread == pytest.approx(rmse(ddim, ref), rel=1e-12)
+    for bad in (201, 2, 0, 200.0, "200"):
+        with pytest.raises(ValueError, match="steps=.*even integer"):
+            lowstep.ode_reference(sch, eps, x_T, steps=bad)
 
 
 def test_lowstep_digits_scores_compare_the_plain_start_on_a_scaled_linear_network():
