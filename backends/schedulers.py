@@ -80,7 +80,10 @@ the restart from the call's model time described above.)
 inversion step needs the model, found by a dry run of the method's inversion: for O-BELM and
 BDIA (DDIM-inversion start-up, then exact 2-step inverse steps) (t_1, t_1, t_2, …, t_{N−1}):
 the first step x_0 → x_1 evaluates the model at (x_0, t_1) and each exact step producing
-x_{i+1} needs it at (x_i, t_i); for DDIM (t_1, …, t_N). The sample passed at each step is the
+x_{i+1} needs it at (x_i, t_i); for DDIM (t_1, …, t_N). With method="recommended" on a VP
+schedule the first step takes graded DDIM sub-steps (`Solver(inversion_substeps=8)`,
+docs/math.md §28): the published times start with the training times between 0 and t_1 it
+visits (1–7 of them) before t_1, so an inversion makes that many calls more than N. The sample passed at each step is the
 state the model is evaluated at, so a plain loop `for t in inv.timesteps: z = inv.step(model(z, t), t, z)`
 works. `set_timesteps` takes the arguments a pipeline passes for sampling (N; for flows also
 `sigmas=` and `mu=`, as Flux's pipeline always passes them): it builds that same sampling grid

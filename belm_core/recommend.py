@@ -20,8 +20,8 @@ docs/math.md §24). Its rows are the exact p-family member dpl-ob
 (docs/math.md §12); the DPL rows with σ̄_{i+1}/σ̄_{i−1} < 6 read x̂0 on the trajectory ahead,
 at a state extrapolated with a velocity register that travels in the latent (so its Latent
 holds three arrays), and the other rows read x̂0 at §13's half-way shifted level, the last
-one included when σ̄_1 > s ("dpl-ob-shift-last", the previous recommendation). It makes
-exactly N model calls, calls the model at training timesteps only, and its inverted
+one included when σ̄_1 > s ("dpl-ob-shift-last", the previous recommendation). Sampling makes
+exactly N model calls (inversion N + 1–7, below), calls the model at training timesteps only, and its inverted
 latents converge to the exact ODE inversion as N grows (2–10× closer than
 "dpl-ob-shift-last"'s at N = 20–50). Evidence: benchmarks/lowstep.py (RESULTS.md, "Low-step
 accuracy") and docs/math.md §16: on 140 random held-out mixtures it is at or below the better
@@ -123,6 +123,20 @@ erratic from one N to the next. DPL's p there is smooth and closer than both pee
 but in inversion the same product is what damps the first step's error, and the inverted latents
 stop converging (0.2–0.5 from the exact inversion at N ≥ 100 on mixtures), so O-BELM's rows stay.
 
+Inversion's first step (docs/math.md §28): `INVERSION_SUBSTEPS` = 8 graded DDIM sub-steps from x_0 to x_1
+(`belm_core.methods.inverse_start`) instead of the paper's single DDIM step, which makes most of the
+inverted latent's error. Inversion then makes N + at most 7 model calls (one per distinct training
+time the sub-steps visit below t_1: on scaled-linear 6 / 5 / 4 / 3 at N = 10 / 20 / 50 / 100); sampling,
+the Latent and the exact round trip are unchanged. On the three digits networks, 64 test images, the latent's RMSE
+against the exact ODE inversion (DDIM on 1000 and 500 steps, Richardson-extrapolated) at N = 10 / 20 /
+50 / 100: linear 0.27 / 0.18 / 0.096 / 0.033 against 0.46 / 0.40 / 0.31 / 0.18 with the single step,
+scaled-linear 0.14 / 0.093 / 0.057 / 0.023 against 0.35 / 0.28 / 0.21 / 0.13, cosine 0.31 / 0.23 / 0.14 /
+0.096 against 0.51 / 0.46 / 0.32 / 0.18 (4 sub-steps: in between). On held-out 4-d mixtures (seeds 21–28)
+8 sub-steps make the latent's distance 0.37–0.81× the single step's at N = 20 on scaled-linear and linear
+(cosine 0.64–1.01×) and 0.15–0.31× on scaled-linear at N = 50; on cosine at N = 50 / 100, where the single
+step's latent is already within 0.001–0.04, it is 0.47–2.18× / 1.4–1.7× (the rows' own error, which the
+first step's partly cancelled, remains).
+
 For rectified flows (`FlowMatch`: SD3, Flux), at every N ≥ 2: O-BELM in the flow's own
 coordinates (x, σ) with the predictor–corrector start-up, which on a flow is the trapezoid
 rule in τ′ = α/σ on x̂0 = x − σ v (docs/math.md §14); the grid is the schedule's own
@@ -131,7 +145,8 @@ dynamic shifting), so no spacing is returned. N model calls. Evidence:
 benchmarks/flow.py (RESULTS.md §7, "Recommended for flows"): against plain O-BELM it
 halves the digits flow network's Fréchet distance excess at NFE 5 and wins more mixture
 cells than O-BELM, dpl-ob and their DDIM-start variants; FireFlow stays ahead on
-analytic mixtures at NFE ≤ 10 (it is not exact).
+analytic mixtures at NFE ≤ 10 (it is not exact). Flows keep the single-step inversion start
+(`inversion_substeps` is not measured on a flow network yet).
 
 N = 1 has no exact sampler (a 2-state latent needs two steps) and raises ValueError.
 Other schedules (continuous VP, VE/EDM) have no benchmarked recommendation yet and raise
@@ -149,7 +164,7 @@ from .methods.trajectory import TrajectoryReading
 from .schedules import DiscreteVP, FlowMatch, NoiseSchedule
 
 __all__ = ["recommended", "startup_for", "method_for", "spacing_for", "SPACING", "LONG_START_SPACING", "LONG_START_STEPS",
-           "TRUSTED_TOP", "BIAS_TOP", "REACH_TOP", "WIDE_REACH", "WIDE_GAIN"]
+           "TRUSTED_TOP", "BIAS_TOP", "REACH_TOP", "WIDE_REACH", "WIDE_GAIN", "INVERSION_SUBSTEPS"]
 
 #: the VP grid: diffusers' "trailing" (it starts at T − 1 like DPM-Solver++ and UniPC) with a
 #: shorter last step (`belm_core.schedules.TAIL_FRACTION`, docs/math.md §24)
@@ -184,10 +199,16 @@ WIDE_REACH = 0.5
 #: closer at NFE 25–50, and leaves a cosine digits network unchanged at NFE 4–50 (docs/math.md §26)
 WIDE_GAIN = 0.75
 
+#: graded DDIM sub-steps of inversion's first step x_0 → x_1 on VP schedules (`Solver(inversion_substeps=)`):
+#: the inverted latents of three digits networks come 1.7–5× closer to the exact ODE inversion at
+#: N = 10–100 than with the single step, and closer than with 4 (docs/math.md §28)
+INVERSION_SUBSTEPS = 8
+
 
 def recommended(schedule: NoiseSchedule, steps: int) -> dict[str, Any]:
     """Keyword arguments for `Solver(schedule, steps=steps, **kwargs)`: method (a registered name,
-    or a `Method` where a parameter differs from the name's default), spacing, startup."""
+    or a `Method` where a parameter differs from the name's default), spacing, startup and, on VP
+    schedules, inversion_substeps."""
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule must be a belm_core NoiseSchedule, got {type(schedule).__name__}")
     if not isinstance(schedule, (DiscreteVP, FlowMatch)):
@@ -205,7 +226,8 @@ def recommended(schedule: NoiseSchedule, steps: int) -> dict[str, Any]:
         )
     if isinstance(schedule, FlowMatch):
         return {"method": "o-belm", "startup": "pc"}
-    return {"method": method_for(schedule), "spacing": spacing_for(schedule, steps), "startup": startup_for(schedule)}
+    return {"method": method_for(schedule), "spacing": spacing_for(schedule, steps), "startup": startup_for(schedule),
+            "inversion_substeps": INVERSION_SUBSTEPS}
 
 
 def spacing_for(schedule: DiscreteVP, steps: int) -> str:

@@ -40,6 +40,7 @@ not implemented here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import warnings
 from typing import Any, Callable, Literal, Sequence
@@ -51,6 +52,7 @@ from .checks import is_bool, is_index, is_real
 from .grid import End, Grid, make_grid
 from .latent import Latent, LatentMetadataWarning, check_for as check_latent
 from .methods import Carry, LinearMultistep, Method, get_method
+from .methods.inverse_start import substep_times, substepped_inverse_start
 from .methods.pc_start import lookahead_log_start, lookahead_start, moved_pc_start, pc_start, shifted_pc_start
 from .schedules import NoiseSchedule, Prediction, Spacing
 
@@ -122,6 +124,12 @@ class Solver:
             docs/math.md §18). "pc-shift-moved": "pc-shift" whose read, reused by the first
             row, is moved from the predictor to the corrected state with a per-sample
             Gaussian gain fitted to the step's two reads (docs/math.md §22).
+        inversion_substeps: how many graded DDIM sub-steps inversion's first step x_0 → x_1
+            takes (`belm_core.methods.inverse_start`, docs/math.md §28; linear multistep
+            methods with k ≥ 2). 1 is the paper's single step. K > 1 adds one model call per
+            distinct training time it finds between the end state and t_1 (K − 1 at most,
+            `inversion_substep_times`) and brings the inverted latent closer to the exact
+            ODE inversion; sampling, the Latent's layout and the exact round trip are unchanged.
 
     Flow grids with diffusers' options: `Solver(FlowMatch(shift=3.0), steps=28)`, or
     `Solver(schedule, timesteps=schedule.timesteps(28, mu=..., sigmas=...))`.
@@ -142,6 +150,7 @@ class Solver:
         end: End = "clean",
         prediction: Prediction | None = None,
         startup: Startup = "ddim",
+        inversion_substeps: int = 1,
     ):
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a belm_core NoiseSchedule, got {type(schedule).__name__}")
@@ -183,6 +192,14 @@ class Solver:
                 f"{self.method.signature()} has its own start"
             )
         self.startup: Startup = startup
+        if not is_index(inversion_substeps) or inversion_substeps < 1:
+            raise ValueError(f"inversion_substeps={inversion_substeps!r} must be an integer ≥ 1 (1: the paper's single DDIM step)")
+        if inversion_substeps > 1 and not (isinstance(self.method, LinearMultistep) and self.method.k >= 2):
+            raise ValueError(
+                f"inversion_substeps={inversion_substeps!r} needs a linear multistep method with k ≥ 2 (e.g. 'dpl-ob', "
+                f"'o-belm'); {self.method.signature()} inverts with its own first step (use inversion_substeps=1)"
+            )
+        self.inversion_substeps = int(inversion_substeps)
         self.state_dtype = arrays.resolve_dtype(state_dtype)
         if self.state_dtype in ("float16", "bfloat16"):
             warnings.warn(
@@ -194,6 +211,7 @@ class Solver:
         self.check_finite = bool(check_finite)
         self.amplification_tol = float(amplification_tol)
         self._plan = self.method.prepare(self.grid)
+        self._inverse_times = substep_times(self.grid, self.inversion_substeps) if self.inversion_substeps > 1 else ()
         if startup in SHIFTED_STARTUPS and getattr(self._plan, "shift", None) is None:
             raise ValueError(
                 f"startup={startup!r} evaluates the start-up where a shifted method's first row reads x̂0; "
@@ -215,6 +233,19 @@ class Solver:
     def prediction(self) -> str:
         """What the model function returns: "epsilon" or "velocity" (fixes the coordinates, docs/math.md §11)."""
         return self.grid.prediction
+
+    @property
+    def inversion_substep_times(self) -> tuple:
+        """Model times of the extra calls inversion's first step makes below t_1, ascending (empty for
+        `inversion_substeps=1`, or where no training time lies between the end state and t_1)."""
+        return self._inverse_times
+
+    def _inverse_first(self):
+        """Inversion's first step for `_run` and `Stepper.inversion`: the sub-stepped start, or None (the
+        method's own DDIM inversion step)."""
+        if not self._inverse_times:
+            return None
+        return functools.partial(substepped_inverse_start, method=self.method, times=self._inverse_times)
 
     @property
     def until_range(self) -> tuple[int, int]:
@@ -297,7 +328,7 @@ class Solver:
             state = self._to_state(x0, "x0")
             self._warn_amplification(until, arrays.dtype_name(state))
             carry = self.method.inverse_start(self._plan, state)
-            carry = self._run("invert", eps_fn, carry, until, progress, callback)
+            carry = self._run("invert", eps_fn, carry, until, progress, callback, first=self._inverse_first())
         return Latent(
             states=self.method.latent_states(carry),
             index=until,

@@ -121,7 +121,7 @@ class Stepper:
         self._supplied: list = []
         self._need: _Need | None = None
         self._advance = solver.method.step if direction == "sample" else solver.method.inverse_step
-        self._first = first  # the start-up's step (sampling from a lone state), or None
+        self._first = first  # the start-up's step (sampling from a lone state, inverting x_0), or None
         self._given_eps: Any = None
         # `_given` hands over the ε given to `advance` and ignores its input: no copy is made
         self._evaluator = _Evaluator(solver, self._given, direction, _max_abs(self.head[1]), pass_input=False)
@@ -164,7 +164,7 @@ class Stepper:
         solver.method.check_invertible()
         until = solver._check_until(until)
         carry = solver.method.inverse_start(solver._plan, solver._to_state(x0, "x0"))
-        return cls(solver, "invert", carry, until)
+        return cls(solver, "invert", carry, until, first=solver._inverse_first())
 
     # -- where the walk stands -------------------------------------------------------------------
     @property

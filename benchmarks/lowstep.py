@@ -149,7 +149,14 @@ LATENT_STEPS = (10, 20, 50)
 PEERS = ("diffusers-DPM++2M", "diffusers-UniPC", "diffusers-DEIS")
 OURS = ("recommended", "dpl-ob-shift-last (trailing)", "o-belm (linspace)")
 TUNING_BATCH = 128
-LATENT_METHODS = ("recommended", "dpl-ob-shift-last (trailing)", "dpl (trailing)", "o-belm (linspace)")
+LATENT_METHODS = ("recommended", "recommended, single-step inversion start", "dpl-ob-shift-last (trailing)",
+                  "dpl (trailing)", "o-belm (linspace)")
+#: the recommendation with the paper's single DDIM step as inversion's first step (before docs/math.md §28)
+SINGLE_START = "recommended, single-step inversion start"
+#: inverted latents of the digits networks: test images, steps, and the configurations compared
+DIGITS_LATENT_N = 64
+DIGITS_LATENT_STEPS = (10, 20, 50, 100)
+DIGITS_LATENT_METHODS = ("recommended", SINGLE_START)
 #: points per problem (fewer make NFE 5–10 a coin flip: one point changing component)
 BATCH = 256
 #: x_T seeds of the robustness table; the main tables use seed 0
@@ -336,6 +343,8 @@ def _kwargs(schedule, name: str, steps: int) -> dict:
         return recommended(schedule, steps)
     if name == PLAIN_START:
         return {**recommended(schedule, steps), "startup": "pc"}
+    if name == SINGLE_START:
+        return {**recommended(schedule, steps), "inversion_substeps": 1}
     if name == "dpl-ob-shift-last (trailing)":
         return {"method": "dpl-ob-shift-last", "spacing": "trailing", "startup": "pc"}
     if name == "dpl (trailing)":
@@ -500,8 +509,32 @@ def digits_fd(nfes, n: int, progress: bool, beta_schedule: str = "linear", ours=
     unet, abar, _ = load_model(ensure_model(cfg, cache_for(beta_schedule), progress=progress))
     x_tr, y_tr, x_te, y_te, _, _ = load_split()
     x_T = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    return digits_scores(unet, DiscreteVP(abar), Judge(x_tr, y_tr, x_te, y_te), nfes, x_T, progress=progress,
-                         ours=ours)
+    schedule = DiscreteVP(abar)
+    out = digits_scores(unet, schedule, Judge(x_tr, y_tr, x_te, y_te), nfes, x_T, progress=progress, ours=ours)
+    x0 = torch.as_tensor(x_te[:DIGITS_LATENT_N], dtype=torch.float64)
+    out["latent"] = digits_latents(unet, schedule, x0, np.asarray(y_te[:DIGITS_LATENT_N]), DIGITS_LATENT_STEPS)
+    return out
+
+
+def ode_inversion(schedule, eps, x0, steps: int = REF_STEPS) -> tuple:
+    """(x_T, spread): the exact ODE inversion of x0 to model time T − 1 by Richardson extrapolation of
+    DDIM inversion, 2 x_DDIM(steps) − x_DDIM(steps // 2) on "linspace" grids (as `ode_reference`), and
+    the RMSE of x_DDIM(steps) from it."""
+    return _extrapolated(lambda solver: solver.invert(eps, x0).states[0], schedule, steps)
+
+
+def digits_latents(unet, schedule, x0, labels, steps, methods=DIGITS_LATENT_METHODS, ref_steps: int = REF_STEPS) -> dict:
+    """The inverted latents of test images x0 (with their labels) on a digits network: {"rmse": {method:
+    {N: RMSE of x_N against `ode_inversion`}}, "ref_spread", "ref_steps", "n"}."""
+    from belm_core import Solver
+
+    from .digits import digits_eps
+
+    eps = digits_eps(unet, schedule, labels)
+    ref, spread = ode_inversion(schedule, eps, x0, ref_steps)
+    out = {m: {N: rmse(np.asarray(Solver(schedule, steps=N, **_kwargs(schedule, m, N)).invert(eps, x0).states[0]),
+                       np.asarray(ref)) for N in steps} for m in methods}
+    return {"rmse": out, "ref_spread": spread, "ref_steps": ref_steps, "n": len(x0)}
 
 
 def ode_reference(schedule, eps, x_T, steps: int = REF_STEPS) -> tuple:
@@ -512,14 +545,18 @@ def ode_reference(schedule, eps, x_T, steps: int = REF_STEPS) -> tuple:
     DDIM is a one-step method: it has no parasitic root for the network's irregularities to drive,
     which 2-step relations on fine grids do (O-BELM's rows near the clean end amplify it, docs/math.md
     §27); its error is c/N + O(1/N²), which the extrapolation removes to first order."""
+    return _extrapolated(lambda solver: solver.sample(eps, x_T), schedule, steps)
+
+
+def _extrapolated(run, schedule, steps: int) -> tuple:
+    """(2 r(steps) − r(steps // 2), RMSE of r(steps) from it), r(n) = run(DDIM Solver on n "linspace" steps)."""
     from belm_core import Solver
     from belm_core.checks import is_index
 
     if not is_index(steps) or steps < 4 or steps % 2:
         raise ValueError(f"steps={steps!r} must be an even integer ≥ 4: the extrapolation pairs `steps` with "
                          "steps // 2, whose DDIM error must be exactly twice as large to first order")
-    fine = Solver(schedule, steps=steps, method="ddim", spacing="linspace").sample(eps, x_T)
-    coarse = Solver(schedule, steps=steps // 2, method="ddim", spacing="linspace").sample(eps, x_T)
+    fine, coarse = (run(Solver(schedule, steps=n, method="ddim", spacing="linspace")) for n in (steps, steps // 2))
     ref = 2.0 * fine - coarse
     return ref, rmse(np.asarray(fine), np.asarray(ref))
 
@@ -829,6 +866,17 @@ def digits_tables(d: dict, title: str) -> list:
                  f"{d['old_ref']:.2g} from it (its rows near t = 0 amplify the network's irregularities). "
                  "RMSE against the ODE solution is the metric of the mixture tables above."), "",
                 _by_nfe_table(d["rmse"], nfes)]
+    if "latent" in d:
+        lat = d["latent"]
+        steps = sorted(next(iter(lat["rmse"].values())))
+        out += ["", (f"### {title}: inverted latents, RMSE of x_N against the exact ODE inversion ↓ ({lat['n']} "
+                     f"test images; reference: DDIM inversion on {lat['ref_steps']} and {lat['ref_steps'] // 2} "
+                     "linspace steps, Richardson-extrapolated)"), "",
+                (f"DDIM inversion on {lat['ref_steps']} steps is {lat['ref_spread']:.2g} from the reference. The "
+                 "recommendation takes inversion's first step in 8 graded DDIM sub-steps (docs/math.md §28); "
+                 "the single-step row is the paper's first step on the same rows."), "",
+                table(["sampler", *(f"N = {N}" for N in steps)],
+                      [[m, *(f"{lat['rmse'][m][N]:.3g}" for N in steps)] for m in lat["rmse"]])]
     return out
 
 

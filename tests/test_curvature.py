@@ -213,9 +213,12 @@ def test_recommended_gain_is_closer_than_the_default_on_cosine(N):
     default = CurvatureReading(reach=0.5, shift_last=AFTER_DPL)
     ratios = _cosine_error_ratios(dict(kwargs, steps=N), dict(kwargs, steps=N, method=default))
     assert sum(r < 1 for r in ratios) >= 6 and float(np.exp(np.mean(np.log(ratios)))) < 0.95, ratios
-    if N == 20:
+    if N == 20:  # the rows' latents converge; with the recommended 8 sub-steps the N = 20 latent is already
+        # closer (0.0082 against 0.0103), so there the ratio is 0.71 instead of 0.35 (docs/math.md §28)
+        single = latent_distances(sch, lambda n: dict(recommended(sch, n), inversion_substeps=1))
+        assert single[50] < 0.7 * single[20], single
         dist = latent_distances(sch, lambda n: recommended(sch, n))
-        assert dist[50] < 0.7 * dist[20], dist
+        assert dist[50] < 0.85 * dist[20] and dist[20] < single[20], (dist, single)
 
 
 @pytest.mark.parametrize("kind", ["scaled_linear", "linear", "cosine"])

@@ -254,6 +254,9 @@ def test_recommended_manual_loops_equal_the_solver_bit_for_bit(built):
     assert torch.equal(x, solver.sample(model, x_T))
     inv = BELMInverseScheduler.from_config(config, method="recommended")
     inv.set_timesteps(STEPS)
+    substeps = solver.inversion_substep_times  # inversion's first step in graded sub-steps (docs/math.md §28)
+    assert 1 <= len(substeps) <= 7 and inv.timesteps.tolist()[: len(substeps) + 1] == [*substeps, solver.grid.t(1)]
+    assert len(inv.timesteps) == STEPS + len(substeps)
     z = x
     for t in inv.timesteps:
         z = inv.step(model(z, t), t, z).prev_sample

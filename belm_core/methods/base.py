@@ -272,7 +272,7 @@ class LinearMultistep(Method):
             # own time is still unknown, so nothing is cached
             x = carry.xs[0]
             x_new = recurrence.inverse_step(plan.tables[1], top + 1, x, (), (), eps_far=evaluate(x, top + 1))
-            return self._keep(evaluate, carry.index, (x, x_new), (None, None), lowest=False)
+            return self.inverse_begin(plan, carry, x_new, evaluate)
         kk = min(len(carry.xs), self.k)  # known states the relation uses
         table = plan.tables[kk]
         i = top + 2 - kk
@@ -281,6 +281,12 @@ class LinearMultistep(Method):
         x_new = recurrence.inverse_step(table, i, window[0], window[1:], eps)
         eps_all = (*carry.eps[: len(carry.xs) - kk + 1], *eps, None)
         return self._keep(evaluate, carry.index, (*carry.xs, x_new), eps_all, lowest=False)
+
+    def inverse_begin(self, plan: MultistepPlan, carry: Carry, x_new: Any, evaluate: Evaluate) -> Carry:
+        """The inversion carry once a step from a lone state x_top has found x_{top+1} (DDIM's inversion
+        step, or `belm_core.methods.inverse_start`'s sub-steps from x_0); no ε is cached (ε at x_top's
+        own time is unknown)."""
+        return self._keep(evaluate, carry.index, (carry.xs[0], x_new), (None, None), lowest=False)
 
     def _shift(self, plan: MultistepPlan, kk: int) -> EvaluationShift | None:
         """The evaluation shift for a step with `kk` states: the method's own rows only

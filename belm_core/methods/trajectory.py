@@ -164,9 +164,8 @@ class TrajectoryReading(PFamily):
 
     # -- inversion -----------------------------------------------------------------------------
     def inverse_step(self, plan: ReadingPlan, carry: Carry, evaluate: Evaluate) -> Carry:
-        if len(carry.xs) < 2:  # DDIM inversion x_0 → x_1; the register starts at E_1/2
-            new = super().inverse_step(plan, carry, evaluate)
-            return replace(new, aux=self.pack(self.register_start(plan.grid, 1, new.xs[0], new.xs[1]), None))
+        if len(carry.xs) < 2:  # DDIM inversion x_0 → x_1 (`inverse_begin` starts the register)
+            return super().inverse_step(plan, carry, evaluate)
         i, g = carry.index + 1, plan.grid  # the row whose far end x_{i+1} is computed
         w_i, extra = self.unpack(carry.aux)
         w = self.register_next(g, i, carry.xs[0], carry.xs[1], w_i)  # w_{i+1}
@@ -176,6 +175,11 @@ class TrajectoryReading(PFamily):
             carry = replace(carry, eps=(*carry.eps[:-1], evaluate.own(eps)))
         new = super().inverse_step(plan, carry, evaluate)
         return replace(new, aux=self.pack(w, extra))
+
+    def inverse_begin(self, plan: ReadingPlan, carry: Carry, x_new: Any, evaluate: Evaluate) -> Carry:
+        """The inversion carry after x_0 → x_1, with the register started at E_1/2."""
+        new = super().inverse_begin(plan, carry, x_new, evaluate)
+        return replace(new, aux=self.pack(self.register_start(plan.grid, 1, new.xs[0], new.xs[1]), None))
 
     # -- hooks for a subclass that carries more than the velocity register -----------------------
     def unpack(self, aux: Any) -> tuple[Any, Any]:
