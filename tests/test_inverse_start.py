@@ -102,6 +102,19 @@ def test_substep_times_keep_only_distinct_training_times_below_t1():
         assert float(sch.sigma_bar(t - 1)) < target < float(sch.sigma_bar(t + 1)), (j, t)
 
 
+def test_substeps_from_an_end_state_at_t_min_stay_above_it_and_round_trip():
+    """end="t_min" (diffusers' set_alpha_to_one=False): x_0 sits at σ̄(0) > 0, so the sub-steps' times lie in
+    1 … t_1 − 1 and the first one moves x_0 from its own level, not from σ̄ = 0."""
+    sch = DISCRETE["scaled_linear"]
+    eps = AnalyticEps(held_out_mixture((3,), seed=3), sch)
+    x0 = eps.data.sample(8, seed=2)
+    solver = Solver(sch, steps=10, method="o-belm", spacing="trailing", end="t_min", inversion_substeps=4)
+    times = solver.inversion_substep_times
+    assert len(times) == 3 and min(times) >= 1 and float(solver.grid.sigma_bar[0]) == float(sch.sigma_bar(0))
+    latent = solver.invert(eps, x0)
+    assert mse(solver.sample(eps, latent), x0) <= 1e-20
+
+
 def test_flow_inversion_with_substeps_round_trips_exactly_at_continuous_times():
     schedule = FlowMatch(shift=3.0)
     data = flow_problem((3,), seed=2)
