@@ -201,7 +201,7 @@ WIDE_REACH = 0.5
 WIDE_GAIN = 0.75
 
 #: graded DDIM sub-steps of inversion's first step x_0 → x_1 on VP schedules (`Solver(inversion_substeps=)`):
-#: the inverted latents of three digits networks come 1.7–5× closer to the exact ODE inversion at
+#: the inverted latents of three digits networks come 1.6–5.7× closer to the exact ODE inversion at
 #: N = 10–100 than with the single step, and closer than with 4 (docs/math.md §28)
 INVERSION_SUBSTEPS = 8
 

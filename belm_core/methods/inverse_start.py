@@ -6,8 +6,8 @@ it has (y = x/s in the grid's coordinates, docs/math.md §11; ε-prediction: y =
 
     y_1 = y_0 + (τ_1 − τ_0) f(x_0, t_1)
 
-It is first order, and on the √-graded clean end of a trailing grid it makes most of the
-inverted latent's error at 10–200 steps (docs/math.md §27, §28). Sampling's last row reads
+It is first order, and on the √-graded clean end of a trailing grid it makes much of the
+inverted latent's error, on trained networks most of it (docs/math.md §27, §28). Sampling's last row reads
 x_2 and x_1 and never asks how x_1 was found, so any map x_0 → x_1 keeps the round trip
 exact. With K sub-steps the step runs through the levels
 
