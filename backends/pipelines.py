@@ -218,7 +218,7 @@ class PipelineAdapter:
     # -- the grid ------------------------------------------------------------------------------
     def solver(
         self, steps: int, method: str | Method | None = "o-belm", spacing: str | None = None, size=None,
-        *, from_noise: bool = False,
+        *, from_noise: bool = False, inversion_substeps: int | None = None,
     ) -> Solver:
         """`Solver(schedule_from_config(cfg), steps=steps, method=method, **solver_options(cfg))`, cfg the
         pipeline's scheduler config (float64 state); `spacing` replaces the config's `timestep_spacing`.
@@ -231,6 +231,8 @@ class PipelineAdapter:
         schedule, `belm_core.recommended(schedule, steps)` (the exact sampler most accurate at low
         step counts in benchmarks/RESULTS.md; its spacing unless `spacing` is given); otherwise
         O-BELM, whose inverted latents match what `BELMScheduler.from_config(cfg)` samples.
+        `inversion_substeps` (None: the recommendation's where it applies, else 1) is the Solver's
+        option of that name (docs/math.md §28).
         """
         options = solver_options(self.scheduler_config)
         if method is None:
@@ -238,6 +240,8 @@ class PipelineAdapter:
             if from_noise and isinstance(self.schedule, (DiscreteVP, FlowMatch)):
                 options.update(recommended(self.schedule, steps))
                 method = options.pop("method")
+        if inversion_substeps is not None:
+            options["inversion_substeps"] = inversion_substeps
         if self.is_flow:
             return Solver(self.schedule, timesteps=self.flow_timesteps(steps, size, spacing), method=method, **options)
         if spacing is not None:

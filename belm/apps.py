@@ -131,7 +131,8 @@ def make_solver(
 
 def _solver(pipe: PipelineAdapter, options: SamplingOptions, size: tuple[int, int], *, from_noise: bool = False) -> Solver:
     """The Solver for `options` (method None: the adapter's default choice, see `PipelineAdapter.solver`)."""
-    return pipe.solver(options.steps, options.method, options.spacing, size=size, from_noise=from_noise)
+    return pipe.solver(options.steps, options.method, options.spacing, size=size, from_noise=from_noise,
+                       inversion_substeps=None if from_noise else options.inversion_substeps)
 
 
 def prompt_metrics(pipe, prompt: str | None, key: str = "prompt") -> dict[str, Any]:
@@ -204,6 +205,7 @@ def invert(
     until: int | None = None,
     size: int | tuple[int, int] | None = None,
     progress: bool = False,
+    inversion_substeps: int = 1,
 ) -> Latent:
     """The `Latent` from which sampling with the same ε rebuilds the input exactly.
 
@@ -218,7 +220,8 @@ def invert(
     `BELMScheduler.from_config(pipe.scheduler.config, method=method)` walks, so
     `scheduler.set_latent(latent)` followed by `pipe(prompt, latents=latent.states[0], …,
     guidance_scale=guidance_scale)` reconstructs z0 (same prompt, guidance and steps).
-    `until` = K stops at grid index K (partial inversion for editing).
+    `until` = K stops at grid index K (partial inversion for editing). `inversion_substeps` = K > 1
+    takes the first step x_0 → x_1 in graded sub-steps (`SamplingOptions`, docs/math.md §28).
 
     SD3 and Flux: the same with `BELMFlowScheduler.from_config(cfg, method=method)` and
     `pipe(prompt, latents=latent.states[0].float(), num_inference_steps=steps,
@@ -227,7 +230,7 @@ def invert(
     pipe = adapt(pipe)
     options = SamplingOptions(
         prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale, steps=steps, method=method,
-        spacing=spacing, progress=progress,
+        spacing=spacing, progress=progress, inversion_substeps=inversion_substeps,
     )
     if (image is None) == (latents is None):
         raise ValueError("give exactly one of image= (encoded by the VAE) and latents= (model-space z0)")
@@ -295,6 +298,7 @@ def reconstruct(
     method: str | Method | None = None,
     spacing: str | None = None,
     progress: bool | None = None,
+    inversion_substeps: int | None = None,
 ) -> Reconstruction:
     """Invert `image` and sample it back with the same ε (same prompt and guidance).
 
@@ -308,6 +312,7 @@ def reconstruct(
     options = SamplingOptions.merge(
         options, prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale, steps=steps,
         method=method, spacing=spacing, progress=progress,
+        inversion_substeps=inversion_substeps,
     )
     pipe = adapt(pipe)
     image = _check_image_batch(pipe, image, "image")
@@ -361,6 +366,7 @@ def edit(
     method: str | Method | None = None,
     spacing: str | None = None,
     progress: bool | None = None,
+    inversion_substeps: int | None = None,
 ) -> Edit:
     """Prompt-to-prompt editing by exact inversion (docs/math.md §7).
 
@@ -374,6 +380,7 @@ def edit(
     options = SamplingOptions.merge(
         options, negative_prompt=negative_prompt, guidance_scale=guidance_scale, steps=steps, method=method,
         spacing=spacing, progress=progress,
+        inversion_substeps=inversion_substeps,
     )
     if options.prompt is not None:
         raise ValueError(
@@ -435,6 +442,7 @@ def interpolate(
     method: str | Method | None = None,
     spacing: str | None = None,
     progress: bool | None = None,
+    inversion_substeps: int | None = None,
 ) -> Interpolation:
     """Invert A and B (one batch), slerp every state of the latent tuple with the same
     weight w_f = f/(F−1), and sample all F frames (one batch). Frames 0 and F−1
@@ -442,6 +450,7 @@ def interpolate(
     options = SamplingOptions.merge(
         options, prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale, steps=steps,
         method=method, spacing=spacing, progress=progress,
+        inversion_substeps=inversion_substeps,
     )
     if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 2:
         raise ValueError(f"frames={frames!r} must be an integer ≥ 2")

@@ -63,6 +63,13 @@ def _common(p: argparse.ArgumentParser, *, prompt: bool = True) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _inversion(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--inversion-substeps", type=int, default=1, metavar="K",
+                   help="take inversion's first step x_0 -> x_1 in K graded DDIM sub-steps (up to K - 1 more model "
+                        "calls, a latent closer to the exact ODE inversion, docs/math.md §28; default 1, the paper's "
+                        "single step; needs room below the grid's last model time, e.g. --spacing trailing)")
+
+
 def register(subparsers) -> None:
     """Add the reconstruct, edit, interpolate and sample subcommands."""
     p = subparsers.add_parser("reconstruct", help="invert an image and reconstruct it; report the error",
@@ -70,6 +77,7 @@ def register(subparsers) -> None:
     p.add_argument("--image", required=True, type=Path)
     p.add_argument("--prompt", default=None, help="text prompt (conditional models only)")
     _common(p)
+    _inversion(p)
     p.set_defaults(func=run_reconstruct)
 
     p = subparsers.add_parser("edit", help="edit an image: invert with a source prompt, sample with a target prompt",
@@ -80,6 +88,7 @@ def register(subparsers) -> None:
     p.add_argument("--freeze", type=int, default=0,
                    help="leave the last K inversion steps out (start sampling K steps below the top; default 0)")
     _common(p)
+    _inversion(p)
     p.set_defaults(func=run_edit)
 
     p = subparsers.add_parser("interpolate", help="slerp between the inverted latents of two images",
@@ -88,6 +97,7 @@ def register(subparsers) -> None:
     p.add_argument("--frames", type=int, default=5, help="number of frames including both ends (default 5)")
     p.add_argument("--prompt", default=None, help="text prompt (conditional models only)")
     _common(p)
+    _inversion(p)
     p.set_defaults(func=run_interpolate)
 
     p = subparsers.add_parser("sample", help="sample images from noise", description="Sample a grid of images.")
@@ -117,6 +127,8 @@ def _prepare(args, images: tuple = ()):
 
     if args.steps < 1:
         raise ValueError(f"--steps={args.steps} must be a positive integer")
+    if getattr(args, "inversion_substeps", 1) < 1:
+        raise ValueError(f"--inversion-substeps={args.inversion_substeps} must be a positive integer (1: the paper's single step)")
     method = make_method(args.method, gamma=args.gamma, p=args.p)
     if args.size is not None and args.size < 1:
         raise ValueError(f"--size={args.size} must be a positive integer")
@@ -147,17 +159,17 @@ def _setup(args, method):
     from backends import unet
     from backends.pipelines import adapt
 
-    from .apps import SamplingOptions, make_solver
+    from .apps import SamplingOptions
 
     pipe = adapt(unet.load_pipeline(args.model, device=args.device, dtype=args.dtype, progress=not args.no_progress))
     pipe.pipe.set_progress_bar_config(disable=True)  # belm's own loops show progress, not the pipeline's
     options = SamplingOptions(
         prompt=getattr(args, "prompt", None), negative_prompt=getattr(args, "negative_prompt", None),
         guidance_scale=getattr(args, "guidance", 1.0), steps=args.steps, method=method, spacing=args.spacing,
-        progress=not args.no_progress,
+        progress=not args.no_progress, inversion_substeps=getattr(args, "inversion_substeps", 1),
     )
     size = args.size if args.size is not None else pipe.resolution
-    make_solver(pipe, options.steps, options.method, options.spacing, size=size)
+    pipe.solver(options.steps, options.method, options.spacing, size=size, inversion_substeps=options.inversion_substeps)
     if pipe.family == "flux" and hasattr(args, "guidance"):
         from backends.transformer import check_flux_guidance
 

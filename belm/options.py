@@ -45,6 +45,11 @@ class SamplingOptions:
             `backends.pipelines.PipelineAdapter.solver`.
         spacing: timestep layout; one of the model schedule's `spacings` (None: its default).
         progress: show progress bars (on stderr).
+        inversion_substeps: graded DDIM sub-steps of inversion's first step x_0 → x_1
+            (`Solver(inversion_substeps=)`, docs/math.md §28): closer latents for a few more model
+            calls in inversion; 1 (default) is the paper's single step. Sampling, the Latent and the
+            exact round trip do not depend on it. A grid whose t_1 is 0 or 1 ("linspace", SD's
+            "leading") has no room for sub-steps; "trailing" grids do.
     """
 
     prompt: str | None = None
@@ -54,6 +59,7 @@ class SamplingOptions:
     method: str | Method | None = None
     spacing: Spacing | None = None
     progress: bool = False
+    inversion_substeps: int = 1
 
     def __post_init__(self) -> None:
         for name in ("prompt", "negative_prompt"):
@@ -76,6 +82,10 @@ class SamplingOptions:
             raise TypeError(f"spacing={self.spacing!r} must be a string or None")
         if not isinstance(self.progress, bool):
             raise TypeError(f"progress={self.progress!r} must be a bool")
+        k = self.inversion_substeps
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"inversion_substeps={k!r} must be an integer ≥ 1 (1: the paper's single DDIM step)")
+        object.__setattr__(self, "inversion_substeps", int(k))
 
     @classmethod
     def merge(cls, options: SamplingOptions | None = None, **overrides: Any) -> SamplingOptions:

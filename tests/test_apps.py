@@ -137,6 +137,32 @@ def test_sample_seeded(pipes):
         apps.sample(pipe, num=1, steps=2, size=15)
 
 
+def test_inversion_substeps_in_the_apps_make_more_calls_and_stay_exact(pipes, image_files):
+    """`inversion_substeps` reaches the Solver of invert / reconstruct (docs/math.md §28): on a "trailing" grid the
+    first step takes sub-steps (more ε calls, another latent), the reconstruction stays exact; sampling from that
+    latent is the same walk."""
+    pipe = pipes["ddpm"]
+    image = load_image(image_files["a"], 16)
+    single = apps.reconstruct(pipe, image, steps=6, method="o-belm", spacing="trailing")
+    sub = apps.reconstruct(pipe, image, steps=6, method="o-belm", spacing="trailing", inversion_substeps=4)
+    solver = apps.make_solver(pipe, 6, "o-belm", "trailing")
+    extra = len(solver_with(solver, 4).inversion_substep_times)
+    assert extra == 3 and sub.metrics["eps_calls"] == single.metrics["eps_calls"] + extra
+    assert sub.metrics["latent_mse"] <= 1e-12 and not torch.equal(sub.latent.states[0], single.latent.states[0])
+    latent = apps.invert(pipe, image, steps=6, spacing="trailing", inversion_substeps=4)
+    assert torch.equal(latent.states[0], sub.latent.states[0])
+    with pytest.raises(ValueError, match="inversion_substeps=4 needs a linear multistep method"):
+        apps.reconstruct(pipe, image, steps=6, method="ddim", spacing="trailing", inversion_substeps=4)
+
+
+def solver_with(solver, substeps: int):
+    """The same grid and method with another `inversion_substeps`."""
+    from belm_core import Solver
+
+    return Solver(solver.schedule, timesteps=solver.timesteps, method=solver.method, end=solver.grid.end,
+                  inversion_substeps=substeps)
+
+
 # ---------------------------------------------------------------------------------
 # the CLI, end to end
 # ---------------------------------------------------------------------------------
@@ -183,6 +209,13 @@ def test_cli_reconstruct_ddim_inexact_and_options(capsys, model_dirs, image_file
     assert code == 0 and last_json(stdout)["latent_mse"] <= 1e-12
     code, stdout, _ = run_cli(capsys, *common[:-2], "--method", "o-belm", "--out", tmp_path / "human")
     assert code == 0 and "latent_mse" in stdout and "wrote" in stdout
+    # --inversion-substeps: more ε calls in inversion, still exact
+    code, stdout, _ = run_cli(capsys, *common, "--method", "o-belm", "--spacing", "trailing", "--out", tmp_path / "one")
+    one = last_json(stdout)
+    code, stdout, _ = run_cli(capsys, *common, "--method", "o-belm", "--spacing", "trailing", "--inversion-substeps", 4,
+                              "--out", tmp_path / "sub")
+    sub = last_json(stdout)
+    assert code == 0 and sub["latent_mse"] <= 1e-12 and sub["eps_calls"] == one["eps_calls"] + 3
 
 
 def test_cli_edit(capsys, model_dirs, image_files, tmp_path):
@@ -253,6 +286,9 @@ def test_cli_bad_input(capsys, model_dirs, image_files, tmp_path):
         (["reconstruct", "--model", ddpm, "--image", img, "--size", "15"], "divisible"),
         (["interpolate", "--model", ddpm, "--image", img], "twice"),
         (["reconstruct", "--model", ddpm, "--image", img, "--dtype", "int4"], "dtype"),
+        (["reconstruct", "--model", ddpm, "--image", img, "--inversion-substeps", 0], "--inversion-substeps=0"),
+        (["reconstruct", "--model", ddpm, "--image", img, "--method", "ddim", "--spacing", "trailing",
+          "--inversion-substeps", 4], "inversion_substeps=4 needs a linear multistep method"),
     ]
     broken = tmp_path / "no_vae"
     shutil.copytree(sd, broken)
@@ -305,6 +341,9 @@ def test_options_bad_values():
         S(prompt=["a", "b"])
     with pytest.raises(TypeError, match="progress"):
         S(progress="yes")
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="inversion_substeps=.*integer ≥ 1"):
+            S(inversion_substeps=bad)
     with pytest.raises(TypeError, match="SamplingOptions"):
         S.merge({"steps": 3})
     assert S(guidance_scale=np.float32(2.5), steps=np.int64(7)) == S(guidance_scale=2.5, steps=7)
