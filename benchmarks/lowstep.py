@@ -31,7 +31,10 @@ recommended sampler is at most the better of DPM++2M and UniPC (the issue's acce
 Inverted latents: `invert` from x_0 with N steps, then the RMSE of the latent's noisiest
 state x_N against the exact ODE inversion of x_0 to t = T − 1 (a latent that means
 something for editing shrinks that distance as N grows); the round trip at 50 steps is
-exact either way. Digits: the trained class-conditional DDPM of the digits section,
+exact either way. The recommendation takes inversion's first step in graded sub-steps
+(docs/math.md §28); "single-step inversion start" is the same sampler with the paper's
+single DDIM step, and the digits tables compare the two on 64 test images of each network
+(`digits_latents`, against `ode_inversion`). Digits: the trained class-conditional DDPM of the digits section,
 Fréchet distance (classifier features) of 1000 samples from the same x_T and the RMSE of
 the first 250 of them against the ODE solution from the same x_T (`digits_scores`; the
 reference is DDIM on 1000 and 500 steps, Richardson-extrapolated by `ode_reference`; before
@@ -149,10 +152,9 @@ LATENT_STEPS = (10, 20, 50)
 PEERS = ("diffusers-DPM++2M", "diffusers-UniPC", "diffusers-DEIS")
 OURS = ("recommended", "dpl-ob-shift-last (trailing)", "o-belm (linspace)")
 TUNING_BATCH = 128
-LATENT_METHODS = ("recommended", "recommended, single-step inversion start", "dpl-ob-shift-last (trailing)",
-                  "dpl (trailing)", "o-belm (linspace)")
 #: the recommendation with the paper's single DDIM step as inversion's first step (before docs/math.md §28)
 SINGLE_START = "recommended, single-step inversion start"
+LATENT_METHODS = ("recommended", SINGLE_START, "dpl-ob-shift-last (trailing)", "dpl (trailing)", "o-belm (linspace)")
 #: inverted latents of the digits networks: test images, steps, and the configurations compared
 DIGITS_LATENT_N = 64
 DIGITS_LATENT_STEPS = (10, 20, 50, 100)
@@ -853,7 +855,9 @@ def render(data: LowstepData) -> str:
 
 def digits_tables(d: dict, title: str) -> list:
     """Markdown lines: the Fréchet distance and ODE RMSE tables of one `digits_scores` result, one
-    column per NFE it was run at."""
+    column per NFE it was run at, and its "latent" table (`digits_latents`) when it has one."""
+    from belm_core.recommend import INVERSION_SUBSTEPS
+
     nfes = sorted(next(iter(d["fd"].values())))
     out = ["", f"### {title}: Fréchet distance ↓ ({d['n']} samples, same x_T; floor {d['floor']:.3f})", "",
            _by_nfe_table(d["fd"], nfes)]
@@ -873,7 +877,8 @@ def digits_tables(d: dict, title: str) -> list:
                      f"test images; reference: DDIM inversion on {lat['ref_steps']} and {lat['ref_steps'] // 2} "
                      "linspace steps, Richardson-extrapolated)"), "",
                 (f"DDIM inversion on {lat['ref_steps']} steps is {lat['ref_spread']:.2g} from the reference. The "
-                 "recommendation takes inversion's first step in 8 graded DDIM sub-steps (docs/math.md §28); "
+                 f"recommendation takes inversion's first step in {INVERSION_SUBSTEPS} graded DDIM sub-steps "
+                 "(docs/math.md §28); "
                  "the single-step row is the paper's first step on the same rows."), "",
                 table(["sampler", *(f"N = {N}" for N in steps)],
                       [[m, *(f"{lat['rmse'][m][N]:.3g}" for N in steps)] for m in lat["rmse"]])]
