@@ -32,7 +32,7 @@ One design serves both families: the machinery
 adds its config keys, `set_timesteps` signature, timestep type and noising formula.
 
 **method="recommended".** `belm_core.recommended(schedule, N)`: the exact sampler most accurate
-at 5–20 model calls in benchmarks/RESULTS.md §1–2 (VP: "dpl-ob-traj", on cosine "dpl-ob-curv", on the
+at 5–20 model calls in benchmarks/RESULTS.md §1–2 (VP: "dpl-ob-curv", on the
 "trailing-tail" grid, diffusers' "trailing" with a shorter last step ("long-start", with a longer first
 step too, on DDPM's linear schedule at 5–20 steps), which replaces the config's
 `timestep_spacing` and starts at T − 1 as DPM-Solver++ and UniPC do, with the predictor–corrector
@@ -779,7 +779,7 @@ class BELMScheduler(_Sampling, _VPFamily):
             options, use_exponential_sigmas / use_beta_sigmas / use_lu_lambdas, are refused).
         prediction_type: what the model predicts ("epsilon", "v_prediction", "sample").
         method: "o-belm" (default; eq. 18, second order), "bdia" (with `gamma`), "ddim", or
-            "recommended" (`belm_core.recommended`: "dpl-ob-traj", on cosine "dpl-ob-curv", on the "trailing" grid with the
+            "recommended" (`belm_core.recommended`: "dpl-ob-curv" on the "trailing-tail" grid with the
             predictor–corrector start-up; module docstring).
         gamma: BDIA's γ (docs/math.md §6); ignored by the other methods.
 

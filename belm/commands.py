@@ -44,7 +44,7 @@ def _common(p: argparse.ArgumentParser, *, prompt: bool = True) -> None:
     p.add_argument("--steps", type=int, default=50, help="number of sampling steps N (default 50)")
     p.add_argument("--method", default=None, choices=sorted(METHODS),
                    help="sampler (default: o-belm on the model's own grid; for `sample` on DDPM/SD-type models "
-                        "the recommended low-step exact sampler, belm_core.recommended: dpl-ob-traj (dpl-ob-curv on cosine), trailing-tail grid (long-start on DDPM-linear at 5-20 steps), "
+                        "the recommended low-step exact sampler, belm_core.recommended: dpl-ob-curv (gain 0.75, reach 0.5 on cosine), trailing-tail grid (long-start on DDPM-linear at 5-20 steps), "
                         "predictor-corrector start; on flow models o-belm with the predictor-corrector start)")
     p.add_argument("--gamma", type=float, default=None, help="BDIA's γ (with --method bdia; default 1)")
     p.add_argument("--p", type=float, default=None, help="EDICT's mixing weight (with --method edict; default 0.93)")

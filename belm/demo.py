@@ -18,7 +18,7 @@ from backends.analytic import AnalyticEps, default_problem
 from belm_core import AmplificationWarning, DiscreteVP, Solver, get_method, recommended
 
 SCHEDULES = {"sd": DiscreteVP.scaled_linear, "ddpm": DiscreteVP.linear, "cosine": DiscreteVP.cosine}
-#: "recommended" is `belm_core.recommended(schedule, N)`: dpl-ob-traj on the trailing grid with the
+#: "recommended" is `belm_core.recommended(schedule, N)`: dpl-ob-curv on the trailing-tail grid with the
 #: predictor–corrector start, "pc-shift-moved" on "sd" and "lookahead-log" on "ddpm"; on "cosine"
 #: dpl-ob-curv(gain=0.75, reach=0.5) with the plain "pc" start (its own spacing,
 #: whatever --spacing says)

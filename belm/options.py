@@ -36,7 +36,7 @@ class SamplingOptions:
         guidance_scale: g in ε = ε_u + g (ε_c − ε_u) (docs/math.md §7); 1 is no guidance.
         steps: number of sampling steps N.
         method: a registered method name ("o-belm", "dpl-ob-traj", "dpl-ob-curv", "dpl-ob-shift-last", "dpl-ob-shift", "dpl-ob", "bdia", "edict",
-            "ddim", "belm3") or a `Method`; None (default) is the application's choice: `belm_core.recommended` (dpl-ob-traj, dpl-ob-curv on cosine,
+            "ddim", "belm3") or a `Method`; None (default) is the application's choice: `belm_core.recommended` (dpl-ob-curv,
             trailing-tail grid, long-start on DDPM-linear at 5–20 steps, predictor–corrector start) when
             sampling from noise on a DDPM/SD-type
             schedule, O-BELM with the predictor–corrector start on the pipeline's own grid when

@@ -192,7 +192,7 @@ def check_for(latent: Latent, method: Method, grid: Grid) -> int:
     if len(latent.states) != method.latent_size:
         raise ValueError(
             f"latent.states has {len(latent.states)} array(s); {sig} needs {method.latent_size}, noisiest first"
-            + ("" if method.latent_size == method.k else f" ({method.k} states, then its register)")
+            + _register_note(method.k, method.latent_size)
         )
     index = grid.N if latent.index is None else latent.index
     low = max(1, method.k - 1)
@@ -344,3 +344,11 @@ def _read_states(path: str, kind: str, names: list[str], device: Any) -> tuple:
     if kind == "torch" and device is not None:
         states = [s.to(device) for s in states]
     return tuple(states)
+
+
+def _register_note(k: int, size: int) -> str:
+    """What a latent of `size` arrays holds after its k states, for the size error."""
+    extra = size - k
+    if extra <= 0:
+        return ""
+    return f" ({k} states, then its register)" if extra == 1 else f" ({k} states, then its {extra} register arrays)"

@@ -3,10 +3,11 @@
     solver = Solver(schedule, steps=N, **recommended(schedule, N))
 
 For discrete VP schedules (DDPM "linear", SD "scaled_linear", "cosine"), at every N ≥ 2:
-"dpl-ob-traj" (`belm_core.methods.trajectory`, docs/math.md §16; above `REACH_TOP`, i.e. on
-cosine, its trajectory rows read half of the way to their level instead of ¾, `method_for`,
-docs/math.md §21, and it is "dpl-ob-curv", whose rows with 2 < σ̄ < 10 also correct their
-τ-quadrature for x̂0's slope and curvature, docs/math.md §23), a predictor–corrector
+"dpl-ob-curv" (`belm_core.methods.curvature`, docs/math.md §23, §29): "dpl-ob-traj"
+(`belm_core.methods.trajectory`, docs/math.md §16) whose rows with 2 < σ̄ < 10 also correct
+their τ-quadrature for x̂0's slope and curvature (gain ½; above `REACH_TOP`, i.e. on cosine,
+gain `WIDE_GAIN` = ¾ and trajectory rows that read half of the way to their level instead of
+¾, `method_for`, docs/math.md §21, §26), a predictor–corrector
 start-up chosen by the schedule's noisiest level σ̄(T − 1) (`startup_for`: "pc-shift-moved",
 whose corrector reads the predictor the way row N−1 reads its state and whose read, reused by
 row N−1, is moved to the corrected state with a per-sample Gaussian gain, up to `TRUSTED_TOP`;
@@ -18,8 +19,8 @@ from T/N − 1 to round(0.4 (t_{N−2} + 1)) − 1 ≈ 0.8 T/N − 1; its last r
 σ̄-linear shifted level whenever the row above it is a DPL row (shift_last="after-dpl",
 docs/math.md §24). Its rows are the exact p-family member dpl-ob
 (docs/math.md §12); the DPL rows with σ̄_{i+1}/σ̄_{i−1} < 6 read x̂0 on the trajectory ahead,
-at a state extrapolated with a velocity register that travels in the latent (so its Latent
-holds three arrays), and the other rows read x̂0 at §13's half-way shifted level, the last
+at a state extrapolated with a velocity register that travels in the latent (with the
+curvature correction's two rotation registers its Latent holds five arrays), and the other rows read x̂0 at §13's half-way shifted level, the last
 one included when σ̄_1 > s ("dpl-ob-shift-last", the previous recommendation). Sampling makes
 exactly N model calls (inversion N + 1–7, below), calls the model at training timesteps only, and its inverted
 latents converge to the exact ODE inversion as N grows (2–10× closer than
@@ -69,7 +70,8 @@ mixtures (geometric-mean ratio 0.97 / 0.80 / 0.64 / 0.80; NFE ≤ 10 has no corr
 takes cosine NFE 20 from 60 / 60 / 49 / 28 to 65 / 63 / 54 / 30 cells on the first and second
 70, the fresh 60 and the 35 separated among the 140 (all nine cells: 49 / 50 / 36 / 14 against
 44 / 49 / 34 / 14); on scaled-linear and linear it improves only 20–27 of 70 mixtures at NFE
-10–20, so they keep "dpl-ob-traj". On scaled-linear the start-up's read that row N−1
+10–20, so they kept "dpl-ob-traj" until the grid and the last row changed (§24; see the end of
+this paragraph). On scaled-linear the start-up's read that row N−1
 reuses is moved from the predictor to the corrected state ("pc-shift-moved", docs/math.md
 §22): scaled-linear NFE-5 cells 63 / 65 / 56 / 32 against 61 / 63 / 53 / 26 on the same four
 sets (NFE 10 and 20 within one cell); on the scaled-linear digits network the ODE RMSE is
@@ -137,6 +139,24 @@ scaled-linear 0.14 / 0.093 / 0.057 / 0.023 against 0.35 / 0.28 / 0.21 / 0.13, co
 step's latent is already within 0.001–0.04, it is 0.47–2.18× / 1.4–1.7× (the rows' own error, which the
 first step's partly cancelled, remains).
 
+The curvature correction on scaled-linear and linear (docs/math.md §29): once the grid was
+"trailing-tail" with the shifted last row (§24), the band rows' correction (gain ½, reach ¾) that
+§23 had kept for cosine also wins there. On the pass rate's four draws and 60 fresh mixtures (200;
+draw seed 9999, problem seeds 3000 + j) all nine cells pass together on 166 against 156 with
+"dpl-ob-traj" (scaled-linear NFE 5 / 10 / 20 all three: 189 against 184; linear 182 against 177;
+cells lost at NFE 10 / 20: scaled-linear 6 / 4 against 8 / 8, linear 0 / 7 against 1 / 11; NFE 5
+has no corrected rows); the geometric-mean ratio to the better peer at NFE 10 is 0.29–0.36 against
+0.31–0.41 on scaled-linear, and at NFE 20 it moves either way by up to 0.07 per draw. Scaled-linear
+NFE 8 / 15 / 30 / 50 cells 199 / 198 / 196 / 199 against 199 / 196 / 193 / 192. The digits networks
+are level (x_T seed 0, 250 samples against the extrapolated ODE solution): linear RMSE 0.0269 /
+0.0168 / 0.0130 / 0.0121 against 0.0268 / 0.0166 / 0.0130 / 0.0120 at NFE 10 / 15 / 20 / 50 and the
+same Fréchet distance (±0.002); scaled-linear 0.0272 / 0.0226 / 0.0299 against 0.0272 / 0.0223 /
+0.0286 at NFE 10 / 20 / 50, Fréchet distance within 0.004 up to NFE 20 and 1.119 against 1.107 at
+50; NFE ≤ 6 has no corrected rows. The inverted latents of held-out 4-d mixtures are 0.96–1.34×
+as far from the exact inversion at N = 10–20 as before and still converge; round trips stay at 2–5·10⁻²⁹
+(scaled-linear) and 3–13·10⁻³¹ (linear) at N = 50. On cosine the same gain ½ and reach ¾ lose
+(all three NFEs 181 against 192 of 200), so cosine keeps ¾ and ½.
+
 For rectified flows (`FlowMatch`: SD3, Flux), at every N ≥ 2: O-BELM in the flow's own
 coordinates (x, σ) with the predictor–corrector start-up, which on a flow is the trapezoid
 rule in τ′ = α/σ on x̂0 = x − σ v (docs/math.md §14); the grid is the schedule's own
@@ -161,7 +181,6 @@ from typing import Any
 from .checks import is_index
 from .methods.curvature import CurvatureReading
 from .methods.pfamily import AFTER_DPL
-from .methods.trajectory import TrajectoryReading
 from .schedules import DiscreteVP, FlowMatch, NoiseSchedule
 
 __all__ = ["recommended", "startup_for", "method_for", "spacing_for", "SPACING", "LONG_START_SPACING", "LONG_START_STEPS",
@@ -189,7 +208,7 @@ TRUSTED_TOP = 20.0
 BIAS_TOP = 1000.0
 
 #: the largest σ̄(T − 1) at which the trajectory rows read x̂0 ¾ of the way to their τ′-midpoint
-#: level (`TrajectoryReading`'s default reach): scaled-linear (14.6) and linear (157), which
+#: level (`belm_core.TrajectoryReading`'s default reach): scaled-linear (14.6) and linear (157), which
 #: lose cells with less reach; above it (cosine, 2·10⁴) they read `WIDE_REACH` of the way, which
 #: wins cosine cells at NFE 8–50 on every mixture draw measured (docs/math.md §21)
 REACH_TOP = 1000.0
@@ -244,15 +263,15 @@ def spacing_for(schedule: DiscreteVP, steps: int) -> str:
     return SPACING
 
 
-def method_for(schedule: DiscreteVP) -> TrajectoryReading:
-    """The VP method by the noisiest level σ̄(T − 1): "dpl-ob-traj" up to `REACH_TOP`; above it
-    the same rows reading `WIDE_REACH` of the way to their level, whose band rows correct their
-    τ-quadrature for x̂0's slope and curvature with gain `WIDE_GAIN` (`CurvatureReading(gain=¾,
-    reach=½)`, docs/math.md §23, §26).
+def method_for(schedule: DiscreteVP) -> CurvatureReading:
+    """The VP method: "dpl-ob-curv", the trajectory rows whose band rows (2 < σ̄ < 10) correct their
+    τ-quadrature for x̂0's slope and curvature (docs/math.md §23, §29), with the default gain ½ and
+    reach ¾ up to `REACH_TOP` in σ̄(T − 1); above it reading `WIDE_REACH` of the way to their level
+    with gain `WIDE_GAIN` (`CurvatureReading(gain=¾, reach=½)`, docs/math.md §21, §26).
     Either way the last row reads at its shifted level whenever the row above it is a DPL row
     (shift_last="after-dpl", docs/math.md §24)."""
     if _top(schedule) <= REACH_TOP:
-        return TrajectoryReading(shift_last=AFTER_DPL)
+        return CurvatureReading(shift_last=AFTER_DPL)
     return CurvatureReading(gain=WIDE_GAIN, reach=WIDE_REACH, shift_last=AFTER_DPL)
 
 

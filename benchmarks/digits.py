@@ -9,7 +9,7 @@ guidance g ≠ 1 it is classifier-free guidance ε = ε_null + g (ε_c − ε_nu
 batched call. The
 solver state stays float64 unless stated. Grids: sample quality and editing use the
 `linspace` spacing, except "recommended" (`belm_core.recommended(schedule, N)`: the
-exact dpl-ob-traj sampler on its "trailing-tail" grid ("long-start" at NFE 5–20 on this linear
+exact dpl-ob-curv sampler on its "trailing-tail" grid ("long-start" at NFE 5–20 on this linear
 schedule) with the predictor–corrector start, as
 an app runs it when the user chooses nothing); reconstruction uses `trailing` for our
 methods (the spacing diffusers' DDIMInverseScheduler supports), while DPMSolverInverse

@@ -13,8 +13,8 @@ def test_demo_json_reports_exact_and_inexact_methods(capsys):
     assert main(["demo", "--steps", "10", "40", "--json", "--batch", "32"]) == 0
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     by = {(r["method"].split("(")[0], r["steps"]): r for r in rows}
-    assert {m for m, _ in by} == {"ddim", "bdia", "edict", "o-belm", "recommended: dpl-ob-traj"}
-    assert by[("recommended: dpl-ob-traj", 40)]["roundtrip_mse"] <= 1e-20 and by[("recommended: dpl-ob-traj", 40)]["nfe"] == 40
+    assert {m for m, _ in by} == {"ddim", "bdia", "edict", "o-belm", "recommended: dpl-ob-curv"}
+    assert by[("recommended: dpl-ob-curv", 40)]["roundtrip_mse"] <= 1e-20 and by[("recommended: dpl-ob-curv", 40)]["nfe"] == 40
     for m in ("bdia", "edict", "o-belm"):
         assert by[(m, 40)]["roundtrip_mse"] <= 1e-20
     assert by[("ddim", 40)]["roundtrip_mse"] > 1e-7

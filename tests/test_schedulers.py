@@ -12,7 +12,9 @@ import tiny_pipelines as tp  # noqa: E402
 from backends.config import schedule_from_config, solver_options  # noqa: E402
 from backends.schedulers import BELMInverseScheduler, BELMScheduler  # noqa: E402
 from backends.unet import UNetEps  # noqa: E402
-from belm_core import Latent, Solver, recommended  # noqa: E402
+from belm_core import Latent, Solver, TrajectoryReading, recommended  # noqa: E402
+from belm_core.methods.pfamily import AFTER_DPL  # noqa: E402
+from belm_core.stepper import Stepper  # noqa: E402
 
 PROMPT = "a photo of a cat"
 BUILDERS = {
@@ -356,9 +358,11 @@ def test_recommended_img2img_and_edited_latents_restart_from_the_new_state(built
 
 
 def test_recommended_img2img_start_is_the_ddim_move_onto_the_grid(built):
-    """The img2img start, written out: from the noised image x* at t* = timesteps[b] with ε* = ε(x*, t*),
-    x̂0 = x*/α* − σ̄* ε*, the states of the call's row i and of i − 1 on the line x̂0 + σ̄ ε* (and the
-    velocity register E_i/2), sampled on with Solver.sample from that Latent."""
+    """The img2img start: from the noised image x* at t* = timesteps[b] with ε* = ε(x*, t*), the scheduler walks
+    on as `Stepper.resuming(x*, t*, ε*)` does; written out for the same rows without the curvature registers
+    ("dpl-ob-traj", whose rows "recommended"'s are until its rotation registers are fed): x̂0 = x*/α* − σ̄* ε*,
+    the states of the call's row i and of i − 1 on the line x̂0 + σ̄ ε* and the velocity register E_i/2,
+    sampled on with Solver.sample from that Latent."""
     pipe, config = built("sd")
     unet = _unet_fn(pipe, config)
 
@@ -376,15 +380,24 @@ def test_recommended_img2img_start_is_the_ddim_move_onto_the_grid(built):
     for t in sched.timesteps[b:]:
         x = sched.step(model(x, t), t, x).prev_sample
     solver, schedule = sched.solver, sched.schedule
+    assert solver.method.signature() == "dpl-ob-curv(shift_last='after-dpl')"
     g = solver.grid
     i = g.N - b  # the row that call b reads (position p ↔ row N − p after the start-up's first call)
     e = model(x_star, t_star)
+    torch.testing.assert_close(x, Stepper.resuming(solver, x_star, t_star, e, i).run(model).head[1], rtol=1e-12, atol=1e-12)
+
+    traj = Solver(schedule, steps=STEPS, **{**recommended(schedule, STEPS), "method": TrajectoryReading(shift_last=AFTER_DPL)})
+    np.testing.assert_array_equal(np.asarray(traj.timesteps), np.asarray(solver.timesteps))
+    assert traj.startup == solver.startup
+    g = traj.grid
+    x_traj = Stepper.resuming(traj, x_star, t_star, e, i).run(model).head[1]
     x0_hat = x_star / float(schedule.alpha(t_star)) - float(schedule.sigma_bar(t_star)) * e
     bar = {j: x0_hat + float(g.sigma_bar[j]) * e for j in (i, i - 1)}
     register = (bar[i] - bar[i - 1]) / (2 * float(g.h[i]))
     states = (float(g.alpha[i]) * bar[i], float(g.alpha[i - 1]) * bar[i - 1], register)
-    latent = Latent(states, index=i, method=sched.method.signature(), grid_key=g.key)
-    torch.testing.assert_close(x, solver.sample(model, latent), rtol=1e-12, atol=1e-12)
+    latent = Latent(states, index=i, method=traj.method.signature(), grid_key=g.key)
+    torch.testing.assert_close(x_traj, traj.sample(model, latent), rtol=1e-12, atol=1e-12)
+    assert float((x - x_traj).abs().max()) > 1e-6  # the curvature correction acted on the way down
 
 
 def test_recommended_in_an_img2img_pipeline(built):
@@ -403,11 +416,12 @@ def test_recommended_in_an_img2img_pipeline(built):
 
 
 # -- exact reconstruction ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method,arrays", [("o-belm", 2), ("recommended", 3)])
+@pytest.mark.parametrize("method,arrays", [("o-belm", 2), ("recommended", 5)])
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_exact_reconstruction_through_the_pipeline(built, name, method, arrays):
     """Inversion as pipe.scheduler (the pipeline's own CFG), then set_latent and the same pipeline call
-    ("recommended": dpl-ob-traj, whose latent carries its velocity register as a third array)."""
+    ("recommended": dpl-ob-curv, whose latent carries its velocity register and its two rotation registers
+    after the two states)."""
     pipe, config = built(name)
     g, z0 = GUIDANCE[name], _z0(4)
     inv = BELMInverseScheduler.from_config(config, method=method)

@@ -50,7 +50,7 @@ def test_the_model_sees_the_state_moved_along_the_register_velocity():
     data = held_out_mixture((4,), seed=3)
     spy = Spy(AnalyticEps(data, sch))
     solver = Solver(sch, steps=12, **recommended(sch, 12))
-    assert solver.method.signature() == "dpl-ob-traj(shift_last='after-dpl')"
+    assert solver.method.signature() == "dpl-ob-curv(shift_last='after-dpl')"  # its rows read as dpl-ob-traj's do
     x_T = np.random.default_rng(0).normal(size=(8, 4))
     states = {}
     solver.sample(spy, x_T, callback=lambda info: states.update({info["index"]: info["x"]}))
@@ -81,16 +81,16 @@ def test_the_latent_carries_the_register_and_sampling_reads_it(tmp_path):
     x0 = data.sample(16, seed=1)
     solver = Solver(sch, steps=20, **recommended(sch, 20))
     latent = solver.invert(eps, x0)
-    assert len(latent.states) == 3 and all(s.shape == x0.shape for s in latent.states)
+    assert len(latent.states) == 5 and all(s.shape == x0.shape for s in latent.states)  # x_N, x_{N−1}, w, U0, U1
     assert np.mean((solver.sample(eps, latent) - x0) ** 2) <= 1e-20
     path = tmp_path / "z.safetensors"
     latent.save(path)
     again = Latent.load(path)
     assert np.mean((solver.sample(eps, again) - x0) ** 2) <= 1e-20
-    nudged = Latent(states=(*latent.states[:2], latent.states[2] + 0.1), index=latent.index, method=latent.method,
+    nudged = Latent(states=(*latent.states[:2], latent.states[2] + 0.1, *latent.states[3:]), index=latent.index, method=latent.method,
                     grid_key=latent.grid_key)
     assert np.mean((solver.sample(eps, nudged) - x0) ** 2) > 1e-8  # the register is part of the latent
-    with pytest.raises(ValueError, match=r"latent.states has 2 array\(s\); dpl-ob-traj\(.*\) needs 3.*register"):
+    with pytest.raises(ValueError, match=r"latent.states has 2 array\(s\); dpl-ob-curv\(.*\) needs 5.*then its 3 register arrays"):
         solver.sample(eps, Latent(states=latent.states[:2], index=latent.index, method=latent.method,
                                   grid_key=latent.grid_key))
 
@@ -144,7 +144,7 @@ def test_recommended_reads_half_way_on_cosine_and_three_quarters_below_the_bound
         if reach == WIDE_REACH:
             three_quarters = TrajectoryReading().reading_rows(solver.grid)
             assert any(plan.reading[i][2] > three_quarters[i][2] for i in plan.reading)
-    for base, top, want in (("linear", 0.99 * REACH_TOP, "dpl-ob-traj(shift_last='after-dpl')"), ("linear", 1.01 * REACH_TOP, "dpl-ob-curv(gain=0.75, reach=0.5, shift_last='after-dpl')")):
+    for base, top, want in (("linear", 0.99 * REACH_TOP, "dpl-ob-curv(shift_last='after-dpl')"), ("linear", 1.01 * REACH_TOP, "dpl-ob-curv(gain=0.75, reach=0.5, shift_last='after-dpl')")):
         abar = getattr(DiscreteVP, base)().alphas_cumprod.copy()
         abar[-1] = 1 / (1 + top**2)
         sch = DiscreteVP(abar)
