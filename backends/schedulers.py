@@ -46,7 +46,8 @@ replaced (img2img's image noised by `add_noise` at `timesteps[begin_index]`, an 
 blend, a callback's edit) restarts the walk from it at that model time t: with the model
 output at (sample, t) in hand, one DDIM move along x̂0 + σ̄ ε onto the levels of the row that
 call belongs to and the one below (`Stepper.resuming`, `LinearMultistep.resume`), then the
-method's rows and their published times. Its latents hold three arrays (x_N, x_{N−1}, w_N, VP).
+method's rows and their published times. Its latents hold five arrays on VP schedules (x_N, x_{N−1},
+the velocity register w_N and the rotation register U0, U1 of "dpl-ob-curv").
 
 **VP grid.** N = num_inference_steps, laid out by `timestep_spacing` and `steps_offset`; the last
 step ends at ᾱ = 1 (`set_alpha_to_one` True or absent) or at ᾱ_0 (`set_alpha_to_one=False`, as
