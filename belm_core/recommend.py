@@ -20,8 +20,8 @@ from T/N − 1 to round(0.4 (t_{N−2} + 1)) − 1 ≈ 0.8 T/N − 1; its last r
 docs/math.md §24). Its rows are the exact p-family member dpl-ob
 (docs/math.md §12); the DPL rows with σ̄_{i+1}/σ̄_{i−1} < 6 read x̂0 on the trajectory ahead,
 at a state extrapolated with a velocity register that travels in the latent (with the
-curvature correction's two rotation registers its Latent holds five arrays), and the other rows read x̂0 at §13's half-way shifted level, the last
-one included when σ̄_1 > s ("dpl-ob-shift-last", the previous recommendation). Sampling makes
+curvature correction's two rotation registers its Latent holds five arrays), and the other
+rows read x̂0 at §13's half-way shifted level, the last one included when σ̄_1 > s ("dpl-ob-shift-last", the previous recommendation). Sampling makes
 exactly N model calls (inversion N + 1–7, below), calls the model at training timesteps only, and its inverted
 latents converge to the exact ODE inversion as N grows (2–10× closer than
 "dpl-ob-shift-last"'s at N = 20–50). Evidence: benchmarks/lowstep.py (RESULTS.md, "Low-step
@@ -70,8 +70,8 @@ mixtures (geometric-mean ratio 0.97 / 0.80 / 0.64 / 0.80; NFE ≤ 10 has no corr
 takes cosine NFE 20 from 60 / 60 / 49 / 28 to 65 / 63 / 54 / 30 cells on the first and second
 70, the fresh 60 and the 35 separated among the 140 (all nine cells: 49 / 50 / 36 / 14 against
 44 / 49 / 34 / 14); on scaled-linear and linear it improves only 20–27 of 70 mixtures at NFE
-10–20, so they kept "dpl-ob-traj" until the grid and the last row changed (§24; see the end of
-this paragraph). On scaled-linear the start-up's read that row N−1
+10–20, so they kept "dpl-ob-traj" until the grid and the last row changed (§24; docs/math.md §29,
+below). On scaled-linear the start-up's read that row N−1
 reuses is moved from the predictor to the corrected state ("pc-shift-moved", docs/math.md
 §22): scaled-linear NFE-5 cells 63 / 65 / 56 / 32 against 61 / 63 / 53 / 26 on the same four
 sets (NFE 10 and 20 within one cell); on the scaled-linear digits network the ODE RMSE is
