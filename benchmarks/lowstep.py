@@ -528,13 +528,11 @@ def ode_inversion(schedule, eps, x0, steps: int = REF_STEPS) -> tuple:
 def digits_latents(unet, schedule, x0, labels, steps, methods=DIGITS_LATENT_METHODS, ref_steps: int = REF_STEPS) -> dict:
     """The inverted latents of test images x0 (with their labels) on a digits network: {"rmse": {method:
     {N: RMSE of x_N against `ode_inversion`}}, "ref_spread", "ref_steps", "n"}."""
-    from belm_core import Solver
-
     from .digits import digits_eps
 
     eps = digits_eps(unet, schedule, labels)
     ref, spread = ode_inversion(schedule, eps, x0, ref_steps)
-    out = {m: {N: rmse(np.asarray(Solver(schedule, steps=N, **_kwargs(schedule, m, N)).invert(eps, x0).states[0]),
+    out = {m: {N: rmse(np.asarray(_solver(schedule, m, N).invert(eps, x0).states[0]),
                        np.asarray(ref)) for N in steps} for m in methods}
     return {"rmse": out, "ref_spread": spread, "ref_steps": ref_steps, "n": len(x0)}
 
@@ -589,7 +587,7 @@ def digits_scores(unet, schedule, judge, nfes, x_T, ref_n: int = REF_N, ref_step
             print(f"  lowstep: digits NFE {nfe}", flush=True)
         for m in fd:
             if m in ours:
-                x = Solver(schedule, steps=nfe, **_kwargs(schedule, m, nfe)).sample(eps, x_T)
+                x = _solver(schedule, m, nfe).sample(eps, x_T)
             else:
                 x = peers.sample(m, schedule, eps, x_T, nfe, "linspace").x0
             fd[m][nfe] = judge.score(x.float().numpy(), labels)["fd"]
