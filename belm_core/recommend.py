@@ -184,7 +184,7 @@ from .methods.pfamily import AFTER_DPL
 from .schedules import DiscreteVP, FlowMatch, NoiseSchedule
 
 __all__ = ["recommended", "startup_for", "method_for", "spacing_for", "SPACING", "LONG_START_SPACING", "LONG_START_STEPS",
-           "TRUSTED_TOP", "BIAS_TOP", "REACH_TOP", "WIDE_REACH", "WIDE_GAIN", "INVERSION_SUBSTEPS"]
+           "TRUSTED_TOP", "BIAS_TOP", "REACH_TOP", "WIDE_REACH", "WIDE_GAIN", "BAND", "INVERSION_SUBSTEPS"]
 
 #: the VP grid: diffusers' "trailing" (it starts at T − 1 like DPM-Solver++ and UniPC) with a
 #: shorter last step (`belm_core.schedules.TAIL_FRACTION`, docs/math.md §24)
@@ -218,6 +218,12 @@ WIDE_REACH = 0.5
 #: cosine NFE-20 cells on six mixture sets (+10 net of 302 mixtures), is level at NFE ≤ 15 and
 #: closer at NFE 25–50, and leaves a cosine digits network unchanged at NFE 4–50 (docs/math.md §26)
 WIDE_GAIN = 0.75
+
+#: the σ̄ band of the curvature-corrected rows up to `REACH_TOP` (`CurvatureReading`'s default is (2, 10),
+#: which cosine keeps): the rows with 1 < σ̄_i < 2 corrected too, which halves the points that end in
+#: another mixture component than the ODE solution's at scaled-linear NFE 10 and linear NFE 20 and
+#: leaves both digits networks level (docs/math.md §30)
+BAND = (1.0, 10.0)
 
 #: graded DDIM sub-steps of inversion's first step x_0 → x_1 on VP schedules (`Solver(inversion_substeps=)`):
 #: the inverted latents of three digits networks come 1.6–5.7× closer to the exact ODE inversion at
@@ -264,14 +270,15 @@ def spacing_for(schedule: DiscreteVP, steps: int) -> str:
 
 
 def method_for(schedule: DiscreteVP) -> CurvatureReading:
-    """The VP method: "dpl-ob-curv", the trajectory rows whose band rows (2 < σ̄ < 10) correct their
-    τ-quadrature for x̂0's slope and curvature (docs/math.md §23, §29), with the default gain ½ and
-    reach ¾ up to `REACH_TOP` in σ̄(T − 1); above it reading `WIDE_REACH` of the way to their level
-    with gain `WIDE_GAIN` (`CurvatureReading(gain=¾, reach=½)`, docs/math.md §21, §26).
+    """The VP method: "dpl-ob-curv", the trajectory rows whose band rows correct their τ-quadrature
+    for x̂0's slope and curvature (docs/math.md §23, §29), with the default gain ½ and reach ¾ and
+    the band `BAND` (1 < σ̄ < 10, docs/math.md §30) up to `REACH_TOP` in σ̄(T − 1); above it the
+    default band (2 < σ̄ < 10), reading `WIDE_REACH` of the way to their level with gain
+    `WIDE_GAIN` (`CurvatureReading(gain=¾, reach=½)`, docs/math.md §21, §26).
     Either way the last row reads at its shifted level whenever the row above it is a DPL row
     (shift_last="after-dpl", docs/math.md §24)."""
     if _top(schedule) <= REACH_TOP:
-        return CurvatureReading(shift_last=AFTER_DPL)
+        return CurvatureReading(band=BAND, shift_last=AFTER_DPL)
     return CurvatureReading(gain=WIDE_GAIN, reach=WIDE_REACH, shift_last=AFTER_DPL)
 
 

@@ -571,7 +571,7 @@ def test_digits_sample_quality_runs_recommended_on_its_own_grid(monkeypatch):
     monkeypatch.setattr(Solver, "__init__", spy_init)
     res, samples = sample_quality(unet, schedule, Judge(), (3, 6), 4, ("recommended", "o-belm"), (), progress=False)
     assert set(res) == {("recommended", 3), ("recommended", 6), ("o-belm", 3), ("o-belm", 6)}
-    rec = [s for s in seen if s.method.signature() == "dpl-ob-curv(shift_last='after-dpl')"]
+    rec = [s for s in seen if s.method.signature() == "dpl-ob-curv(band=(1.0, 10.0), shift_last='after-dpl')"]
     assert [s.steps for s in rec] == [3, 6] and all(s.startup == "lookahead-log" for s in rec)
     for s in rec:  # recommended's own grid, not linspace
         want = Solver(schedule, steps=s.steps, **recommended(schedule, s.steps))

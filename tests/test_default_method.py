@@ -38,7 +38,7 @@ def test_sample_app_uses_the_recommended_solver(tiny, monkeypatch):
     monkeypatch.setattr(type(pipe), "solver", spy)
     z = apps.sample(pipe, num=1, steps=5, prompt="a cat", guidance_scale=2.0, output_type="latent")
     assert torch.isfinite(z).all()
-    assert [s.method.signature() for s in seen] == ["dpl-ob-curv(shift_last='after-dpl')"]
+    assert [s.method.signature() for s in seen] == ["dpl-ob-curv(band=(1.0, 10.0), shift_last='after-dpl')"]
     latent = apps.invert(pipe, latents=z, prompt="a cat", guidance_scale=2.0, steps=5)
     assert latent.method == "o-belm"  # inversion keeps O-BELM (the drop-in scheduler's default)
 
@@ -70,4 +70,4 @@ def test_cli_sample_records_the_default(tmp_path, tiny):
                  "--out", str(out), "--json", "--no-progress"])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["method"] == "dpl-ob-curv(shift_last='after-dpl')" and metrics["startup"] == "pc-shift-moved" and metrics["first_timestep"] == 999.0
+    assert metrics["method"] == "dpl-ob-curv(band=(1.0, 10.0), shift_last='after-dpl')" and metrics["startup"] == "pc-shift-moved" and metrics["first_timestep"] == 999.0

@@ -380,7 +380,7 @@ def test_recommended_img2img_start_is_the_ddim_move_onto_the_grid(built):
     for t in sched.timesteps[b:]:
         x = sched.step(model(x, t), t, x).prev_sample
     solver, schedule = sched.solver, sched.schedule
-    assert solver.method.signature() == "dpl-ob-curv(shift_last='after-dpl')"
+    assert solver.method.signature() == "dpl-ob-curv(band=(1.0, 10.0), shift_last='after-dpl')"
     g = solver.grid
     i = g.N - b  # the row that call b reads (position p ↔ row N − p after the start-up's first call)
     e = model(x_star, t_star)

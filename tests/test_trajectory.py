@@ -50,7 +50,7 @@ def test_the_model_sees_the_state_moved_along_the_register_velocity():
     data = held_out_mixture((4,), seed=3)
     spy = Spy(AnalyticEps(data, sch))
     solver = Solver(sch, steps=12, **recommended(sch, 12))
-    assert solver.method.signature() == "dpl-ob-curv(shift_last='after-dpl')"  # its rows read as dpl-ob-traj's do
+    assert solver.method.signature() == "dpl-ob-curv(band=(1.0, 10.0), shift_last='after-dpl')"  # its rows read as dpl-ob-traj's do
     x_T = np.random.default_rng(0).normal(size=(8, 4))
     states = {}
     solver.sample(spy, x_T, callback=lambda info: states.update({info["index"]: info["x"]}))
@@ -144,7 +144,7 @@ def test_recommended_reads_half_way_on_cosine_and_three_quarters_below_the_bound
         if reach == WIDE_REACH:
             three_quarters = TrajectoryReading().reading_rows(solver.grid)
             assert any(plan.reading[i][2] > three_quarters[i][2] for i in plan.reading)
-    for base, top, want in (("linear", 0.99 * REACH_TOP, "dpl-ob-curv(shift_last='after-dpl')"), ("linear", 1.01 * REACH_TOP, "dpl-ob-curv(gain=0.75, reach=0.5, shift_last='after-dpl')")):
+    for base, top, want in (("linear", 0.99 * REACH_TOP, "dpl-ob-curv(band=(1.0, 10.0), shift_last='after-dpl')"), ("linear", 1.01 * REACH_TOP, "dpl-ob-curv(gain=0.75, reach=0.5, shift_last='after-dpl')")):
         abar = getattr(DiscreteVP, base)().alphas_cumprod.copy()
         abar[-1] = 1 / (1 + top**2)
         sch = DiscreteVP(abar)
