@@ -3,9 +3,9 @@
     solver = Solver(schedule, steps=N, **recommended(schedule, N))
 
 For discrete VP schedules (DDPM "linear", SD "scaled_linear", "cosine"), at every N ≥ 2:
-"dpl-ob-curv" (`belm_core.methods.curvature`, docs/math.md §23, §29): "dpl-ob-traj"
-(`belm_core.methods.trajectory`, docs/math.md §16) whose rows with 2 < σ̄ < 10 also correct
-their τ-quadrature for x̂0's slope and curvature (gain ½; above `REACH_TOP`, i.e. on cosine,
+"dpl-ob-curv" (`belm_core.methods.curvature`, docs/math.md §23, §29, §30): "dpl-ob-traj"
+(`belm_core.methods.trajectory`, docs/math.md §16) whose rows with 1 < σ̄ < 10 (`BAND`; on cosine
+2 < σ̄ < 10) also correct their τ-quadrature for x̂0's slope and curvature (gain ½; above `REACH_TOP`, i.e. on cosine,
 gain `WIDE_GAIN` = ¾ and trajectory rows that read half of the way to their level instead of
 ¾, `method_for`, docs/math.md §21, §26), a predictor–corrector
 start-up chosen by the schedule's noisiest level σ̄(T − 1) (`startup_for`: "pc-shift-moved",
@@ -156,6 +156,16 @@ same Fréchet distance (±0.002); scaled-linear 0.0272 / 0.0226 / 0.0299 against
 as far from the exact inversion at N = 10–20 as before and still converge; round trips stay at 2–5·10⁻²⁹
 (scaled-linear) and 3–13·10⁻³¹ (linear) at N = 50. On cosine the same gain ½ and reach ¾ lose
 (all three NFEs 181 against 192 of 200), so cosine keeps ¾ and ½.
+
+The band's bottom on scaled-linear and linear (docs/math.md §30): the cells still lost at NFE 10–20 are
+lost on a few points near a separatrix that end in another mixture component than the ODE solution's
+(on the others the sampler is 1.4–3.6× closer than UniPC), and the first uncorrected row below σ̄ = 2
+is where most of them cross. Correcting the rows with 1 < σ̄_i < 2 too (`BAND` = (1, 10)) takes those
+points from 32 to 17 at linear NFE 20 and from 48 to 19 at scaled-linear NFE 10 on 40 separated 2-d
+mixtures (UniPC 20 and 34). All nine cells pass on 24 / 21 / 35 of three separated sets of 40 (2-d, 2-d,
+3-d) against 22 / 16 / 34, and on 168 of §29's 200 random mixtures against 166. The digits networks are
+level (ODE RMSE within 3 % and Fréchet distance within 0.012 at NFE 5–50; NFE 5–6 unchanged). Cosine
+keeps (2, 10): with (1, 10) its NFE-20 cells on the 200 fall from 192 to 186.
 
 For rectified flows (`FlowMatch`: SD3, Flux), at every N ≥ 2: O-BELM in the flow's own
 coordinates (x, σ) with the predictor–corrector start-up, which on a flow is the trapezoid

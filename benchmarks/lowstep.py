@@ -4,8 +4,8 @@
 "dpl-ob-curv" (the p-family member dpl-ob, docs/math.md §12, whose DPL rows with
 σ̄_{i+1}/σ̄_{i−1} < 6 read x̂0 on the trajectory ahead, extrapolated with a velocity register
 that travels in the latent, §16, ¾ of the way to their level, half of it on cosine, §21;
-the other rows read x̂0 at §13's half-way shifted level; the rows with 2 < σ̄ < 10 also
-correct their τ-quadrature for x̂0's slope and curvature, read from a rotation register that
+the other rows read x̂0 at §13's half-way shifted level; the rows with 1 < σ̄ < 10 (2 < σ̄ < 10
+on cosine, §30) also correct their τ-quadrature for x̂0's slope and curvature, read from a rotation register that
 travels in the latent as well, §23, with gain ½, ¾ on cosine, §26, §29),
 the predictor–corrector start-up (on scaled-linear its corrector reads x̃ at row N−1's
 shifted level and the read row N−1 reuses is moved to the corrected state, "pc-shift-moved",

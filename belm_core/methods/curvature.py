@@ -36,7 +36,10 @@ second band row from its two reads by a straight line, U = (r₂ − ½ r₁, ½
 them at the band's bottom row b from the reads r_b and r_{b−1} (the row below, one model call
 that row makes anyway): U = (½ r_{b−1}, ½ r_b); with no row below, (½ r_b, ½ r_b). Above the
 band the reads at σ̄ ≫ 1 are the network's least reliable (a slope fitted there seeds the
-registers with bias); below σ̄ = 2 the rows are too coarse for a three-row fit to help.
+registers with bias). Below σ̄ = 2 the default band stops: on mixtures with smooth components the
+rows there gain little RMSE from the fit, and on cosine they lose. `belm_core.recommended` lowers the
+bottom to σ̄ = 1 on scaled-linear and linear, where the rows with 1 < σ̄_i < 2 are where points near a
+separatrix cross into another component (docs/math.md §30).
 
 The Latent holds five arrays: (x_N, x_{N−1}, w_N, U0, U1); zeros stand for registers an
 inversion that stopped below the band never started. One model call per row; exact
