@@ -133,6 +133,11 @@ ties go to the earlier candidate, so the default "linspace" is kept unless anoth
 is strictly better. The selection table lists every candidate's tuning score; the
 best-grid peers are then run on the reported problems, and a cell is **bold** where the
 recommended sampler is at most the better of DPM++2M and UniPC on their best grids.
+
+The separated set (`separated_problems`, `SEPARATED`): 40 two-dimensional `default_problem`s, the
+family the random draws pass least often. Its table counts, next to the cells won, the points that
+end in another mixture component than the ODE solution's. Those points decide the cells lost there;
+the median point is closer than the peers' (docs/math.md §30).
 """
 
 from __future__ import annotations
@@ -189,6 +194,9 @@ RANDOM_NFES = (5, 10, 20, 30)
 RANDOM_SEED = 1234
 RANDOM_XT_SEED = 7
 RANDOM_FIRST_PROBLEM_SEED = 500  # problem seeds 500 + j: none of `problems` or `tuning_problems`
+#: the separated set (dimension, count, first seed): 2-d `default_problem`s, seeds 7000–7039, the set
+#: that confirmed docs/math.md §30 (seeds 5000–5039 chose it)
+SEPARATED = (2, 40, 7000)
 # (count, draw seed, first problem seed) of the draws behind the pass rate of docs/math.md §15:
 # the benchmark's own draw first, then three more from the same distribution
 PASS_RATE_DRAWS = ((RANDOM_COUNT, RANDOM_SEED, RANDOM_FIRST_PROBLEM_SEED), (30, 4321, 900), (40, 8765, 1500),
@@ -273,6 +281,25 @@ def random_problems(count: int = RANDOM_COUNT, seed: int = RANDOM_SEED,
     return [default_problem((sp.dim,), seed=sp.problem_seed) if sp.separated
             else GaussianMixture.random((sp.dim,), sp.components, seed=sp.problem_seed, spread=sp.spread)
             for sp in random_specs(count, seed, first_problem_seed)]
+
+
+def separated_problems(dim: int = SEPARATED[0], count: int = SEPARATED[1], first_seed: int = SEPARATED[2]) -> list:
+    """`count` `default_problem((dim,), seed)` mixtures (five well-separated components), seeds
+    `first_seed` + j: the family the random draws pass least often (docs/math.md §30)."""
+    from backends.analytic import default_problem
+
+    return [default_problem((dim,), seed=first_seed + j) for j in range(count)]
+
+
+def all_cells_won(sweeps: dict, nfes) -> tuple[int, int]:
+    """(problems where recommended ≤ min(DPM++2M, UniPC) in every schedule and NFE of `nfes`, problems)
+    from {(schedule, problem, seed): point_errors(...)} with one seed per problem."""
+    rms = {key: {m: {n: float(np.sqrt(np.mean(r[m][n][0] ** 2))) for n in nfes} for m in SWEEP} for key, r in sweeps.items()}
+    by_problem: dict = {}
+    for (_, pname, _), e in rms.items():
+        won = all(e["recommended"][n] <= min(e["diffusers-DPM++2M"][n], e["diffusers-UniPC"][n]) for n in nfes)
+        by_problem[pname] = by_problem.get(pname, True) and won
+    return sum(by_problem.values()), len(by_problem)
 
 
 def best_key(peer: str) -> str:
@@ -609,13 +636,15 @@ class LowstepData:
     grids: dict = field(default_factory=dict)  # schedule → {peer: GridChoice}
     robust: dict = field(default_factory=dict)  # robustness(...) over SEEDS
     random: dict = field(default_factory=dict)  # schedule → random_sweep(...) over random_problems()
+    separated: dict = field(default_factory=dict)  # robustness(...) over separated_problems(), x_T seed 7
+    separated_passed: tuple | None = None  # all_cells_won(...) over the same sweeps
     digits_sl: dict | None = None  # digits_scores(...) of the network trained on scaled-linear, DIGITS_SL_NFES
 
 
 def compute(quick: bool = False, progress: bool = True, with_digits: bool | None = None) -> LowstepData:
     batch = BATCH
     probs = problems(quick)
-    errors, latents, grids, sweeps, randoms = {}, {}, {}, {}, {}
+    errors, latents, grids, sweeps, randoms, sep_sweeps = {}, {}, {}, {}, {}, {}
     for sname, sch in schedules().items():
         if progress:
             print(f"  lowstep: {sname} / choosing the peers' grid laws on the tuning set", flush=True)
@@ -634,6 +663,11 @@ def compute(quick: bool = False, progress: bool = True, with_digits: bool | None
         if progress:
             print(f"  lowstep: {sname} / {RANDOM_COUNT} random mixtures", flush=True)
         randoms[sname] = random_sweep(sch, random_problems(), RANDOM_NFES, RANDOM_BATCH)
+        if progress:
+            print(f"  lowstep: {sname} / {SEPARATED[1]} separated {SEPARATED[0]}-d mixtures", flush=True)
+        for j, data in enumerate(separated_problems()):
+            case = Case(data, sch, RANDOM_BATCH, seed=RANDOM_XT_SEED)
+            sep_sweeps[(sname, f"seed {SEPARATED[2] + j}", RANDOM_XT_SEED)] = point_errors(case, NFES)
         for pname in list(probs)[:3]:
             latents[(sname, pname)] = latent_errors(probs[pname], sch, 32 if quick else 64, LATENT_STEPS)
     digits = digits_sl = None
@@ -641,7 +675,8 @@ def compute(quick: bool = False, progress: bool = True, with_digits: bool | None
         digits = digits_fd(DIGITS_NFES, 1000, progress, ours=DIGITS_OURS)  # fewer samples: FD noise hides differences
         digits_sl = digits_fd(DIGITS_SL_NFES, 1000, progress, "scaled_linear", DIGITS_SL_OURS)
     return LowstepData(NFES, batch, errors, LATENT_STEPS, latents, digits, grids=grids,
-                       robust=robustness(sweeps, NFES), random=randoms, digits_sl=digits_sl)
+                       robust=robustness(sweeps, NFES), random=randoms, digits_sl=digits_sl,
+                       separated=robustness(sep_sweeps, NFES), separated_passed=all_cells_won(sep_sweeps, NFES))
 
 
 # ------------------------------------------------------------------------ tables
@@ -707,9 +742,10 @@ def best_grid_table(data: LowstepData, sname: str) -> str:
                  rows)
 
 
-def robustness_table(data: LowstepData) -> str:
+def robustness_table(robust: dict) -> str:
+    """Markdown: one row per (schedule, NFE) of a `robustness(...)` result."""
     rows = []
-    for (sname, nfe), cell in data.robust.items():
+    for (sname, nfe), cell in robust.items():
         row = [sname, nfe]
         for m in SWEEP:
             c = cell[m]
@@ -824,7 +860,7 @@ def render(data: LowstepData) -> str:
                  (f"Every reported problem × {len(SEEDS)} x_T seeds per cell; ours: cases where the RMSE is ≤ "
                   "min(DPM++2M, UniPC); all: median per-point error over every point of every case, and the "
                   "points that end in another mixture component than the ODE solution's (of all points)."),
-                 "", robustness_table(data)]
+                 "", robustness_table(data.robust)]
     if data.random:
         count = len(next(iter(next(iter(data.random.values())).values())))
         body += ["", f"### A random draw of held-out mixtures ({count} problems × {RANDOM_BATCH} points)", "",
@@ -838,6 +874,19 @@ def render(data: LowstepData) -> str:
         body.append(f"\nProblems won in every cell of all {len(data.random)} schedules at NFE "
                     f"{'/'.join(map(str, nfes))} (what one acceptance check asks of one mixture): "
                     f"**{passed} of {count}**.")
+    if data.separated:
+        dim, count, first = SEPARATED
+        body += ["", f"### Separated {dim}-d mixtures: the points that end in another component", "",
+                 (f"`default_problem(({dim},), seed)` (five components ≥ 3 apart, std ≤ 0.55), seeds {first}–"
+                  f"{first + count - 1}, {RANDOM_BATCH} points each, x_T seed {RANDOM_XT_SEED}: the family the random "
+                  "draws pass least often. Columns as in the seeds table. Here the cells are lost on the few points "
+                  "sent to another mixture component (other comp.), while the median point is closer than the "
+                  "peers' (docs/math.md §30)."),
+                 "", robustness_table(data.separated)]
+        if data.separated_passed is not None:
+            passed, count = data.separated_passed
+            body.append(f"\nProblems won in every cell of all schedules at NFE {'/'.join(map(str, data.nfes))}: "
+                        f"**{passed} of {count}**.")
     body += ["", "### Inverted latents: distance of x_N to the exact ODE inversion (64 points)", "",
              latent_table(data)]
     if data.digits is not None:

@@ -534,6 +534,29 @@ def test_lowstep_random_problems_first_seed_moves_the_draw_and_keeps_the_default
     assert lowstep.PASS_RATE_DRAWS[0] == (lowstep.RANDOM_COUNT, lowstep.RANDOM_SEED, 500)  # the benchmark's draw
 
 
+def test_lowstep_separated_set_counts_problems_won_in_every_cell_and_renders():
+    from backends.analytic import default_problem
+    from benchmarks import lowstep
+
+    def case(ours, dpm, unipc):
+        pts = {"recommended": ours, "dpl-ob-shift-last (trailing)": ours, "diffusers-DPM++2M": dpm, "diffusers-UniPC": unipc}
+        return {m: {n: (np.full(4, v[i]), np.arange(4) < 1) for i, n in enumerate((5, 10))} for m, v in pts.items()}
+
+    good, bad = case((0.1, 0.1), (0.3, 0.3), (0.2, 0.2)), case((0.1, 0.3), (0.3, 0.3), (0.2, 0.2))  # bad: NFE 10 lost
+    sweeps = {("sl", "p", 7): good, ("cos", "p", 7): good, ("sl", "q", 7): good, ("cos", "q", 7): bad, ("sl", "r", 7): good}
+    assert lowstep.all_cells_won(sweeps, (5, 10)) == (2, 3)  # q loses one cell on one schedule
+    assert lowstep.all_cells_won(sweeps, (5,)) == (3, 3)
+    data = lowstep.LowstepData((5, 10), 4, {}, (10, 20), {}, separated=lowstep.robustness(sweeps, (5, 10)),
+                               separated_passed=(2, 3))
+    text = lowstep.render(data)
+    dim, count, first = lowstep.SEPARATED
+    assert f"### Separated {dim}-d mixtures" in text and f"seeds {first}–{first + count - 1}" in text
+    assert "at NFE 5/10: **2 of 3**" in text
+    assert "| cos | 10 | **1/2** · 0.2 · 2/8 |" in text and "| cos | 5 | **2/2** · 0.1 · 2/8 |" in text
+    probs = lowstep.separated_problems(2, 3, 11)
+    assert all(np.array_equal(p.means, default_problem((2,), seed=11 + j).means) for j, p in enumerate(probs))
+
+
 def test_lowstep_robustness_counts_wins_medians_and_other_components():
     from benchmarks import lowstep
 
