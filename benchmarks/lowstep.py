@@ -294,10 +294,10 @@ def separated_problems(dim: int = SEPARATED[0], count: int = SEPARATED[1], first
 def all_cells_won(sweeps: dict, nfes) -> tuple[int, int]:
     """(problems where recommended ≤ min(DPM++2M, UniPC) in every schedule and NFE of `nfes`, problems)
     from {(schedule, problem, seed): point_errors(...)} with one seed per problem."""
-    rms = {key: {m: {n: float(np.sqrt(np.mean(r[m][n][0] ** 2))) for n in nfes} for m in SWEEP} for key, r in sweeps.items()}
     by_problem: dict = {}
-    for (_, pname, _), e in rms.items():
-        won = all(e["recommended"][n] <= min(e["diffusers-DPM++2M"][n], e["diffusers-UniPC"][n]) for n in nfes)
+    for (_, pname, _), r in sweeps.items():
+        rms = sweep_rms(r, nfes)
+        won = all(rms["recommended"][n] <= best_peer(rms, n) for n in nfes)
         by_problem[pname] = by_problem.get(pname, True) and won
     return sum(by_problem.values()), len(by_problem)
 
@@ -478,20 +478,25 @@ def random_sweep(schedule, probs, nfes, n: int) -> dict:
     return out
 
 
+def sweep_rms(r: dict, nfes) -> dict:
+    """{method: {nfe: RMSE}} of one case's `point_errors(...)` result `r`."""
+    return {m: {nfe: float(np.sqrt(np.mean(r[m][nfe][0] ** 2))) for nfe in nfes} for m in SWEEP}
+
+
 def robustness(sweeps: dict, nfes) -> dict:
     """{(schedule, nfe): {method: {"won", "cases", "median", "other", "points"}}} from
     {(schedule, problem, seed): point_errors(...)}; "won" counts the cases whose RMSE is
     ≤ min(DPM++2M, UniPC) (meaningful for ours only)."""
     out: dict = {}
     for (sname, _, _), r in sweeps.items():
+        rms = sweep_rms(r, nfes)
         for nfe in nfes:
             cell = out.setdefault((sname, nfe), {m: {"won": 0, "cases": 0, "err": [], "other": 0} for m in SWEEP})
-            rms = {m: float(np.sqrt(np.mean(r[m][nfe][0] ** 2))) for m in SWEEP}
-            best = min(rms["diffusers-DPM++2M"], rms["diffusers-UniPC"])
+            best = best_peer(rms, nfe)
             for m in SWEEP:
                 c = cell[m]
                 c["cases"] += 1
-                c["won"] += rms[m] <= best
+                c["won"] += rms[m][nfe] <= best
                 c["err"].append(r[m][nfe][0])
                 c["other"] += int(np.sum(r[m][nfe][1]))
     for cell in out.values():
